@@ -1,0 +1,61 @@
+"""Shared fixtures: offline Hugging Face settings, tiny real models, and a CLI runner."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+# huggingface_hub reads these once, at import: set them before anything imports it.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.pop("TXT2IMG_MODEL", None)
+os.environ.pop("TXT2IMG_DEBUG", None)
+
+import pytest
+from typer.testing import CliRunner
+
+from txt2img.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_tiny_model_module():
+    spec = importlib.util.spec_from_file_location(
+        "make_tiny_model", ROOT / "scripts/make_tiny_model.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+tiny = _load_tiny_model_module()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_hf_home(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path_factory.getbasetemp() / "hf-home"))
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """Each family's tiny model, built once per test session."""
+    root = tmp_path_factory.mktemp("models")
+    return {family: tiny.build_tiny_model(root / family, family) for family in tiny.FAMILIES}
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """Run the CLI in-process; returns click's Result (separate .stdout and .stderr)."""
+    runner = CliRunner()
+
+    def invoke(*args: str, env: dict[str, str] | None = None):
+        return runner.invoke(app, [str(a) for a in args], env=env)
+
+    return invoke
+
+
+def run_module(*args: str, **kwargs):
+    """The argv for running txt2img as a real process."""
+    return [sys.executable, "-m", "txt2img", *map(str, args)]

@@ -1,0 +1,3 @@
+from txt2img.cli import main
+
+main()

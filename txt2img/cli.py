@@ -1,0 +1,174 @@
+"""The `txt2img` command line: parse, validate, hand one Settings object to the core.
+
+No torch, diffusers or transformers here: `--help` and argument errors stay instant.
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperCommand
+
+from . import __version__
+from .errors import ExitCode, fail, handle_errors
+from .schedulers import SCHEDULERS
+from .settings import (
+    DEFAULT_MODEL,
+    DEFAULT_OUTPUT_DIR,
+    Device,
+    Dtype,
+    Settings,
+    random_seed,
+    validate,
+)
+
+SchedulerName = Enum("SchedulerName", {name: name for name in SCHEDULERS}, type=str)
+
+
+class OneLineErrors(TyperCommand):
+    """Report Typer's own argument errors as one line on stderr, like our errors."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.Abort:
+            code = ExitCode.INTERRUPTED
+        except Exception as exc:  # Typer's vendored click.ClickException
+            if not hasattr(exc, "format_message"):
+                raise
+            fail(f"{exc.format_message()} (see txt2img --help)")
+            code = getattr(exc, "exit_code", ExitCode.USAGE)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"txt2img {__version__}")
+        raise typer.Exit()
+
+
+@app.command(cls=OneLineErrors)
+def txt2img(
+    prompt: Annotated[str, typer.Argument(help="What to draw.", show_default=False)],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            envvar="TXT2IMG_MODEL",
+            help="Hugging Face Hub id or local diffusers folder.",
+        ),
+    ] = DEFAULT_MODEL,
+    negative_prompt: Annotated[
+        str, typer.Option("--negative-prompt", "-n", help="What to keep out of the image.")
+    ] = "",
+    steps: Annotated[
+        int | None,
+        typer.Option("--steps", "-s", help="Denoising steps (default: 30; Turbo models: 1)."),
+    ] = None,
+    guidance: Annotated[
+        float | None,
+        typer.Option(
+            "--guidance", "-g", help="Classifier-free guidance scale (default: 7.5; Turbo: 0)."
+        ),
+    ] = None,
+    width: Annotated[
+        int | None,
+        typer.Option(
+            "--width", "-W", help="Image width, a multiple of 8 (default: model's native size)."
+        ),
+    ] = None,
+    height: Annotated[
+        int | None,
+        typer.Option(
+            "--height",
+            "-H",
+            help="Image height, a multiple of 8 (default: model's native size).",
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            "--seed", help="Base seed; image i uses seed + i (default: random, printed on stderr)."
+        ),
+    ] = None,
+    num_images: Annotated[
+        int, typer.Option("--num-images", "-N", help="Images to make from the prompt.")
+    ] = 1,
+    scheduler: Annotated[
+        SchedulerName | None,
+        typer.Option(
+            "--scheduler",
+            help="Sampler, built from the model's own scheduler config "
+            "(default: the model's saved scheduler).",
+        ),
+    ] = None,
+    output_dir: Annotated[
+        Path, typer.Option("--output-dir", "-o", help="Folder for the PNGs.")
+    ] = DEFAULT_OUTPUT_DIR,
+    device: Annotated[
+        Device, typer.Option("--device", help="Where to run; auto picks cuda, then mps, then cpu.")
+    ] = Device.auto,
+    dtype: Annotated[
+        Dtype,
+        typer.Option("--dtype", help="Weights precision; auto is fp16 on CUDA, else fp32."),
+    ] = Dtype.auto,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print only the image paths.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_show_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    """Draw images from a text prompt with a Stable Diffusion model.
+
+    Prints the path of each PNG on stdout as it is written; everything else goes to stderr.
+
+    Every PNG carries its settings: A1111 "parameters" text and a "txt2img" JSON chunk.
+
+    Examples:
+
+        txt2img "a red fox at dawn" --steps 30 --seed 7
+
+        txt2img "a lighthouse" -m stabilityai/sdxl-turbo -N 4 -o out | xargs -n1 echo made
+    """
+    with handle_errors():
+        settings = validate(
+            Settings(
+                prompt=prompt,
+                model=model,
+                negative_prompt=negative_prompt,
+                steps=steps,
+                guidance=guidance,
+                width=width,
+                height=height,
+                seed=random_seed() if seed is None else seed,
+                seed_is_random=seed is None,
+                num_images=num_images,
+                scheduler=scheduler.value if scheduler is not None else None,
+                output_dir=output_dir,
+                device=device,
+                dtype=dtype,
+                quiet=quiet,
+            )
+        )
+        from .runner import run
+
+        run(settings)
+
+
+def main() -> None:
+    app(prog_name="txt2img")

@@ -1,0 +1,77 @@
+"""The two PNG text chunks every image carries.
+
+`parameters` is AUTOMATIC1111's "infotext", byte for byte in its format, so the many
+tools that read it (A1111, ComfyUI, Civitai, sd-parsers) show our settings.
+`txt2img` is the full record as JSON, enough to regenerate the image exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from . import __version__
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """Everything that decided one image's pixels."""
+
+    prompt: str
+    negative_prompt: str
+    seed: int
+    steps: int
+    guidance: float
+    width: int
+    height: int
+    index: int
+    scheduler: str | None  # the friendly name asked for, or None for the model's own
+    scheduler_class: str
+    sampler: str  # A1111's name for the scheduler
+    schedule_type: str | None
+    model: str
+    model_name: str
+    model_family: str
+    prediction_type: str
+    pipeline: str
+    device: str
+    dtype: str
+    versions: dict[str, str]
+
+
+def _format_value(value: Any) -> str:
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    # A1111 quotes a value as a JSON string when it would break the "k: v, k: v" line.
+    if any(ch in text for ch in ",:\n"):
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+def infotext(record: ImageRecord) -> str:
+    """A1111's `parameters` text: prompt, optional negative prompt line, then `k: v` pairs."""
+    fields: dict[str, Any] = {
+        "Steps": record.steps,
+        "Sampler": record.sampler,
+        "Schedule type": record.schedule_type,
+        "CFG scale": float(record.guidance),
+        "Seed": record.seed,
+        "Size": f"{record.width}x{record.height}",
+        "Model": record.model_name,
+        "RNG": "CPU",  # we always draw the starting noise on the CPU
+        "Version": f"txt2img {__version__}",
+    }
+    pairs = ", ".join(
+        key if str(value) == key else f"{key}: {_format_value(value)}"
+        for key, value in fields.items()
+        if value is not None
+    )
+    negative = f"\nNegative prompt: {record.negative_prompt}" if record.negative_prompt else ""
+    return f"{record.prompt}{negative}\n{pairs}".strip()
+
+
+def text_chunks(record: ImageRecord) -> dict[str, str]:
+    return {
+        "parameters": infotext(record),
+        "txt2img": json.dumps(record.__dict__, ensure_ascii=False, sort_keys=True),
+    }

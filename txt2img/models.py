@@ -1,0 +1,146 @@
+"""Finding, loading and placing a model: Hub id or local diffusers folder, device, dtype.
+
+The denoising loop itself is diffusers' own (StableDiffusionPipeline or
+StableDiffusionXLPipeline); this module decides what to load and where.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+from .errors import ModelError, UsageError
+from .model_source import ModelSource
+from .schedulers import build_scheduler
+from .settings import Device, Dtype
+
+PIPELINES = {cls.__name__: cls for cls in (StableDiffusionPipeline, StableDiffusionXLPipeline)}
+DTYPES = {Dtype.fp16: torch.float16, Dtype.bf16: torch.bfloat16, Dtype.fp32: torch.float32}
+DTYPE_NAMES = {dtype: name.value for name, dtype in DTYPES.items()}
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """What a model family draws best with, used wherever the user did not say."""
+
+    family: str
+    steps: int
+    guidance: float
+    width: int
+    height: int
+
+
+@dataclass
+class LoadedModel:
+    pipe: Any
+    source: ModelSource
+    defaults: ModelDefaults
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def dtype_name(self) -> str:
+        return DTYPE_NAMES[self.dtype]
+
+
+def pick_device(choice: Device) -> torch.device:
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if choice is Device.auto:
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    if (choice is Device.cuda and not cuda) or (choice is Device.mps and not mps):
+        raise UsageError(
+            f"--device {choice.value} was asked for but torch sees no such device",
+            "use --device cpu, or install a torch build for that device",
+        )
+    return torch.device(choice.value)
+
+
+def pick_dtype(choice: Dtype, device: torch.device) -> torch.dtype:
+    """fp16 on CUDA; fp32 on CPU and on MPS, where fp16 has given NaN/black images."""
+    if choice is Dtype.auto:
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if choice is Dtype.bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UsageError("this GPU does not support bf16", "use --dtype fp16")
+    return DTYPES[choice]
+
+
+def load_model(
+    source: ModelSource, scheduler: str | None, device: torch.device, dtype: torch.dtype
+) -> LoadedModel:
+    location = source.location
+    try:
+        pipeline_class = _pipeline_class(DiffusionPipeline.load_config(location))
+        pipe = pipeline_class.from_pretrained(location, dtype=dtype, use_safetensors=True)
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise _load_error(source, exc) from exc
+    if scheduler is not None:
+        pipe.scheduler = build_scheduler(scheduler, pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.to(device)
+    return LoadedModel(pipe, source, model_defaults(pipe, source.name), device, dtype)
+
+
+def _pipeline_class(model_index: dict[str, Any]) -> type:
+    class_name = model_index.get("_class_name")
+    if class_name not in PIPELINES:
+        raise ModelError(
+            f"the model is a {class_name}, which txt2img does not run",
+            f"supported: {', '.join(PIPELINES)} (SD 1.x, SD 2.x, SDXL and their Turbo models)",
+        )
+    return PIPELINES[class_name]
+
+
+def model_defaults(pipe: Any, name: str) -> ModelDefaults:
+    """Family-aware defaults: Turbo models are distilled for few steps and no guidance.
+
+    Turbo is recognised by its name (stabilityai/sd-turbo, stabilityai/sdxl-turbo and
+    their copies); the native size is the one the U-Net config declares.
+    """
+    unet = pipe.unet.config
+    side = unet.sample_size * pipe.vae_scale_factor
+    turbo = "turbo" in name.lower()
+    if isinstance(pipe, StableDiffusionXLPipeline):
+        family = "sdxl-turbo" if turbo else "sdxl"
+    elif turbo:
+        family = "sd-turbo"
+    else:
+        family = "sd2" if unet.use_linear_projection or unet.cross_attention_dim == 1024 else "sd1"
+    steps, guidance = (1, 0.0) if turbo else (30, 7.5)
+    return ModelDefaults(family, steps, guidance, side, side)
+
+
+def _load_error(source: ModelSource, exc: Exception) -> ModelError:
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    model = source.location
+    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if source.is_local:
+        return ModelError(
+            f"cannot load the model in {model}: {first_line}",
+            "the folder looks incomplete or damaged; copy or download it again",
+        )
+    if isinstance(exc, GatedRepoError):
+        return ModelError(
+            f"{model} is gated on the Hub", "accept its licence on its Hub page and set HF_TOKEN"
+        )
+    if isinstance(exc, RepositoryNotFoundError):
+        return ModelError(
+            f"there is no model {model} on the Hub (or it is private)",
+            "check the id, or set HF_TOKEN for a private model",
+        )
+    if constants.HF_HUB_OFFLINE or isinstance(exc, LocalEntryNotFoundError):
+        return ModelError(
+            f"{model} is not in the Hugging Face cache and the Hub cannot be reached",
+            "run once with network access to cache it, then it works offline",
+        )
+    return ModelError(f"cannot load {model} from the Hub: {first_line}", "check the id and network")

@@ -1,0 +1,80 @@
+"""What the user sees on stderr while a run works: logs and progress, never results.
+
+A live rich progress bar is drawn only when stderr is a terminal and NO_COLOR is
+unset; otherwise each event is one plain line, free of ANSI codes. --quiet drops both.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+
+def _wants_live_display() -> bool:
+    return (
+        sys.stderr.isatty()
+        and "NO_COLOR" not in os.environ
+        and os.environ.get("TERM", "") != "dumb"
+    )
+
+
+class Reporter:
+    def __init__(self, quiet: bool, total_images: int) -> None:
+        self.quiet = quiet
+        self.total_images = total_images
+        self._progress: Any = None
+        self._image_task: Any = None
+        self._steps_task: Any = None
+
+    def info(self, message: str) -> None:
+        if self.quiet:
+            return
+        if self._progress is not None:
+            self._progress.console.print(message, markup=False, highlight=False)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+    def start(self) -> None:
+        if self.quiet or not _wants_live_display():
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        self._image_task = self._progress.add_task("images", total=self.total_images)
+        self._steps_task = self._progress.add_task("steps", total=1)
+        self._progress.start()
+
+    def image_started(self, steps: int) -> None:
+        if self._progress is not None:
+            self._progress.reset(self._steps_task, total=steps)
+
+    def step_done(self) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._steps_task)
+
+    def image_done(self, number: int, path: str, seconds: float) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._image_task)
+        self.info(f"[{number}/{self.total_images}] {path} ({seconds:.1f} s)")
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

@@ -1,0 +1,25 @@
+"""The order of a run: plan the images, check the output folder, then load and draw.
+
+Kept free of torch so that everything that can be refused is refused before the slow
+imports and the model load.
+"""
+
+from __future__ import annotations
+
+from .jobs import plan_jobs
+from .model_source import locate
+from .outputs import prepare_output_dir
+from .progress import Reporter
+from .settings import Settings
+
+
+def run(settings: Settings) -> None:
+    source = locate(settings.model)
+    jobs = plan_jobs(settings)
+    prepare_output_dir(settings.output_dir, [job.file_name for job in jobs])
+    reporter = Reporter(settings.quiet, total_images=len(jobs))
+    if settings.seed_is_random:
+        reporter.info(f"seed: {settings.seed} (drawn at random; --seed {settings.seed} repeats it)")
+    from .generate import generate  # torch and diffusers load only from here on
+
+    generate(settings, source, jobs, reporter)

@@ -1,0 +1,109 @@
+"""The settings of one run, their defaults, and their validation.
+
+Everything here is checked before any model is loaded, and nothing here imports
+torch or diffusers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from .errors import OutputError, UsageError
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_OUTPUT_DIR = Path("outputs")
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed accepts up to this
+MAX_SIDE = 8192
+MAX_STEPS = 1000  # the schedulers of these models are trained with 1000 timesteps
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cuda = "cuda"
+    mps = "mps"
+    cpu = "cpu"
+
+
+class Dtype(str, Enum):
+    auto = "auto"
+    fp16 = "fp16"
+    bf16 = "bf16"
+    fp32 = "fp32"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One run. `None` means "the model's default", resolved once the model is loaded."""
+
+    prompt: str
+    model: str = DEFAULT_MODEL
+    negative_prompt: str = ""
+    steps: int | None = None
+    guidance: float | None = None
+    width: int | None = None
+    height: int | None = None
+    seed: int = 0
+    seed_is_random: bool = False
+    num_images: int = 1
+    scheduler: str | None = None
+    output_dir: Path = DEFAULT_OUTPUT_DIR
+    device: Device = Device.auto
+    dtype: Dtype = Dtype.auto
+    quiet: bool = False
+
+
+def random_seed() -> int:
+    """A fresh base seed in A1111's 32-bit range, so it is easy to read and retype."""
+    return secrets.randbelow(2**32)
+
+
+def validate(settings: Settings) -> Settings:
+    """Raise a `UsageError` or `OutputError` naming the first bad setting."""
+    if not settings.prompt.strip():
+        raise UsageError("the prompt is empty", "give the text to draw, e.g. txt2img 'a red fox'")
+    if not settings.model.strip():
+        raise UsageError("--model is empty", "give a Hub id or a local model folder")
+    _check_range("--steps", settings.steps, 1, MAX_STEPS)
+    if settings.guidance is not None and not (
+        math.isfinite(settings.guidance) and settings.guidance >= 0
+    ):
+        raise UsageError(
+            f"--guidance must be a finite number >= 0, got {settings.guidance}",
+            "7.5 is usual, 0 turns classifier-free guidance off",
+        )
+    for flag, side in (("--width", settings.width), ("--height", settings.height)):
+        _check_range(flag, side, 8, MAX_SIDE)
+        if side is not None and side % 8:
+            lower, upper = side // 8 * 8, side // 8 * 8 + 8
+            raise UsageError(
+                f"{flag} must be a multiple of 8, got {side}", f"try {lower or 8} or {upper}"
+            )
+    _check_range("--num-images", settings.num_images, 1, None)
+    _check_range("--seed", settings.seed, 0, MAX_SEED - (settings.num_images - 1))
+    _check_output_dir(settings.output_dir)
+    return settings
+
+
+def _check_range(flag: str, value: int | None, low: int, high: int | None) -> None:
+    if value is None:
+        return
+    if value < low or (high is not None and value > high):
+        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise UsageError(f"{flag} must be {bounds}, got {value}")
+
+
+def _check_output_dir(folder: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(
+            f"--output-dir {folder} exists and is not a folder", "choose another --output-dir"
+        )
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(
+            f"cannot write to {existing}", "check its permissions or choose another --output-dir"
+        )
