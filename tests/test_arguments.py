@@ -26,7 +26,7 @@ def assert_one_line_error(result, code: int, *fragments: str) -> None:
         (["   "], ["prompt is empty"]),
         (["fox", "--width", "500"], ["--width must be a multiple of 8", "496 or 504"]),
         (["fox", "--height", "0"], ["--height must be between 8 and 8192"]),
-        (["fox", "--steps", "0"], ["--steps must be between 1 and 1000"]),
+        (["fox", "--steps", "0"], ["--steps must be between 1 and 500"]),
         (["fox", "--guidance", "nan"], ["--guidance must be a finite number"]),
         (["fox", "--guidance", "-1"], ["--guidance must be a finite number"]),
         (["fox", "--num-images", "0"], ["--num-images must be at least 1"]),

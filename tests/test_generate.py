@@ -180,3 +180,43 @@ def test_unsupported_pipeline_class_exits_3(cli, tmp_path):
     result = cli(PROMPT, "-m", tmp_path, "-o", tmp_path / "out")
     assert result.exit_code == ExitCode.MODEL
     assert "FluxPipeline" in result.stderr
+
+
+# Written out here independently of txt2img.schedulers, as a diffusers user would.
+SCHEDULER_RECIPES = {
+    "ddim": ("DDIMScheduler", {}, "DDIM"),
+    "pndm": ("PNDMScheduler", {"skip_prk_steps": True}, "PLMS"),
+    "euler": ("EulerDiscreteScheduler", {}, "Euler"),
+    "euler-a": ("EulerAncestralDiscreteScheduler", {}, "Euler a"),
+    "heun": ("HeunDiscreteScheduler", {}, "Heun"),
+    "lms": ("LMSDiscreteScheduler", {}, "LMS"),
+    "dpm++2m": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": False}, "DPM++ 2M"),
+    "unipc": ("UniPCMultistepScheduler", {}, "UniPC"),
+    "lcm": ("LCMScheduler", {}, "LCM"),
+}
+
+
+@pytest.mark.parametrize("name", SCHEDULER_RECIPES)
+def test_every_scheduler_name_matches_diffusers(cli, tmp_path, models, name):
+    import diffusers
+
+    class_name, options, sampler = SCHEDULER_RECIPES[name]
+    result = cli(PROMPT, "-m", models["sd1"], "--steps", 3, "--seed", 9, "--scheduler", name,
+                 "-o", tmp_path)  # fmt: skip
+    [path] = written(result)
+
+    def recipe(config):
+        return getattr(diffusers, class_name).from_config(config, **options)
+
+    expected = diffusers_image(models["sd1"], 9, scheduler=recipe, num_inference_steps=3)
+    np.testing.assert_array_equal(pixels(path), expected)
+    assert json.loads(Image.open(path).text["txt2img"])["scheduler_class"] == class_name
+    assert parse_generation_parameters(Image.open(path).text["parameters"])["Sampler"] == sampler
+
+
+def test_settings_diffusers_refuses_are_a_usage_error(cli, tmp_path, models):
+    result = cli(PROMPT, "-m", models["sd1"], "--steps", 60, "--scheduler", "lcm", "-q",
+                 "-o", tmp_path)  # fmt: skip
+    assert result.exit_code == ExitCode.USAGE
+    assert "original_steps" in result.stderr and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []

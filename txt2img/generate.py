@@ -12,6 +12,7 @@ import transformers
 from PIL import Image
 
 from . import __version__
+from .errors import UsageError
 from .jobs import ImageJob
 from .metadata import ImageRecord, text_chunks
 from .model_source import ModelSource
@@ -40,7 +41,7 @@ def generate(
         for number, job in enumerate(jobs, start=1):
             job = job.with_defaults(d.steps, d.guidance, d.width, d.height)
             started = time.perf_counter()
-            reporter.image_started(job.steps)
+            reporter.image_started()
             image = render(model.pipe, job, reporter.step_done)
             target = settings.output_dir / job.file_name
             write_png(image, target, text_chunks(image_record(settings, model, job)))
@@ -55,10 +56,18 @@ def render(pipe: Any, job: ImageJob, on_step: Any) -> Image.Image:
     on the seed: not on the device, the batch, or what was drawn before."""
 
     def step_callback(pipeline: Any, step: int, timestep: Any, tensors: dict) -> dict:
-        on_step()
+        on_step(step + 1, len(pipeline.scheduler.timesteps))
         return tensors
 
-    result = pipe(
+    try:
+        result = call_pipeline(pipe, job, step_callback)
+    except ValueError as exc:  # diffusers' own input checks, e.g. LCM above 50 steps
+        raise UsageError(f"diffusers refused these settings: {exc}".splitlines()[0]) from exc
+    return pipe.image_processor.numpy_to_pil(result.images)[0]
+
+
+def call_pipeline(pipe: Any, job: ImageJob, step_callback: Any) -> Any:
+    return pipe(
         prompt=job.prompt,
         # None, not "": SDXL then uses zero embeddings for the unconditional branch,
         # exactly as a plain diffusers call does.
@@ -71,7 +80,6 @@ def render(pipe: Any, job: ImageJob, on_step: Any) -> Image.Image:
         output_type="np",
         callback_on_step_end=step_callback,
     )
-    return pipe.image_processor.numpy_to_pil(result.images)[0]
 
 
 def image_record(settings: Settings, model: LoadedModel, job: ImageJob) -> ImageRecord:

@@ -61,13 +61,14 @@ class Reporter:
         self._steps_task = self._progress.add_task("steps", total=1)
         self._progress.start()
 
-    def image_started(self, steps: int) -> None:
+    def image_started(self) -> None:
         if self._progress is not None:
-            self._progress.reset(self._steps_task, total=steps)
+            self._progress.reset(self._steps_task)
 
-    def step_done(self) -> None:
+    def step_done(self, done: int, total: int) -> None:
+        """`total` counts the scheduler's timesteps: Heun takes two per step, PLMS one extra."""
         if self._progress is not None:
-            self._progress.advance(self._steps_task)
+            self._progress.update(self._steps_task, completed=done, total=total)
 
     def image_done(self, number: int, path: str, seconds: float) -> None:
         if self._progress is not None:

@@ -6,6 +6,8 @@ imports and the model load.
 
 from __future__ import annotations
 
+import os
+
 from .jobs import plan_jobs
 from .model_source import locate
 from .outputs import prepare_output_dir
@@ -20,6 +22,10 @@ def run(settings: Settings) -> None:
     reporter = Reporter(settings.quiet, total_images=len(jobs))
     if settings.seed_is_random:
         reporter.info(f"seed: {settings.seed} (drawn at random; --seed {settings.seed} repeats it)")
+    if settings.quiet:
+        # Read by transformers and diffusers when they are first imported, just below.
+        os.environ["TRANSFORMERS_VERBOSITY"] = os.environ["DIFFUSERS_VERBOSITY"] = "error"
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     from .generate import generate  # torch and diffusers load only from here on
 
     generate(settings, source, jobs, reporter)

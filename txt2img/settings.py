@@ -19,7 +19,7 @@ DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_OUTPUT_DIR = Path("outputs")
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed accepts up to this
 MAX_SIDE = 8192
-MAX_STEPS = 1000  # the schedulers of these models are trained with 1000 timesteps
+MAX_STEPS = 500  # every scheduler here handles it; PNDM breaks at 1000
 
 
 class Device(str, Enum):
@@ -64,29 +64,51 @@ def random_seed() -> int:
 
 def validate(settings: Settings) -> Settings:
     """Raise a `UsageError` or `OutputError` naming the first bad setting."""
-    if not settings.prompt.strip():
-        raise UsageError("the prompt is empty", "give the text to draw, e.g. txt2img 'a red fox'")
+    check_prompt(settings.prompt)
     if not settings.model.strip():
         raise UsageError("--model is empty", "give a Hub id or a local model folder")
-    _check_range("--steps", settings.steps, 1, MAX_STEPS)
-    if settings.guidance is not None and not (
-        math.isfinite(settings.guidance) and settings.guidance >= 0
-    ):
+    check_image_options(
+        steps=settings.steps,
+        guidance=settings.guidance,
+        width=settings.width,
+        height=settings.height,
+        num_images=settings.num_images,
+        seed=settings.seed,
+    )
+    _check_output_dir(settings.output_dir)
+    return settings
+
+
+def check_prompt(prompt: str) -> None:
+    if not prompt.strip():
+        raise UsageError("the prompt is empty", "give the text to draw, e.g. txt2img 'a red fox'")
+
+
+def check_image_options(
+    *,
+    steps: int | None = None,
+    guidance: float | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    num_images: int = 1,
+    seed: int | None = None,
+) -> None:
+    """The per-image settings, checked the same way on the command line and per prompt."""
+    _check_range("--steps", steps, 1, MAX_STEPS)
+    if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
         raise UsageError(
-            f"--guidance must be a finite number >= 0, got {settings.guidance}",
+            f"--guidance must be a finite number >= 0, got {guidance}",
             "7.5 is usual, 0 turns classifier-free guidance off",
         )
-    for flag, side in (("--width", settings.width), ("--height", settings.height)):
+    for flag, side in (("--width", width), ("--height", height)):
         _check_range(flag, side, 8, MAX_SIDE)
         if side is not None and side % 8:
             lower, upper = side // 8 * 8, side // 8 * 8 + 8
             raise UsageError(
                 f"{flag} must be a multiple of 8, got {side}", f"try {lower or 8} or {upper}"
             )
-    _check_range("--num-images", settings.num_images, 1, None)
-    _check_range("--seed", settings.seed, 0, MAX_SEED - (settings.num_images - 1))
-    _check_output_dir(settings.output_dir)
-    return settings
+    _check_range("--num-images", num_images, 1, None)
+    _check_range("--seed", seed, 0, MAX_SEED - (num_images - 1))
 
 
 def _check_range(flag: str, value: int | None, low: int, high: int | None) -> None:
