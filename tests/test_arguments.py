@@ -36,7 +36,12 @@ def assert_one_line_error(result, code: int, *fragments: str) -> None:
         (["fox", "--dtype", "fp8"], ["'fp8' is not one of"]),
         (["fox", "--steps", "many"], ["--steps"]),
         (["fox", "--no-such-flag"], ["No such option"]),
-        ([], ["Missing argument"]),
+        ([], ["no prompt given"]),
+        (["fox", "-f", "p.txt"], ["either a PROMPT or --prompts-file"]),
+        (["fox", "--resume", "--overwrite"], ["contradict"]),
+        (["fox", "--resume"], ["--resume needs the --seed"]),
+        (["fox", "--batch-size", "0"], ["--batch-size must be at least 1"]),
+        (["-f", "missing-prompts.txt"], ["missing-prompts.txt"]),
     ],
 )
 def test_bad_arguments_exit_2_before_anything_happens(cli, tmp_path, args, fragments):

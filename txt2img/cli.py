@@ -14,13 +14,15 @@ import typer
 from typer.core import TyperCommand
 
 from . import __version__
-from .errors import ExitCode, fail, handle_errors
+from .errors import ExitCode, UsageError, fail, handle_errors
+from .prompts import PromptLine, read_prompt_lines
 from .schedulers import SCHEDULERS
 from .settings import (
     DEFAULT_MODEL,
     DEFAULT_OUTPUT_DIR,
     Device,
     Dtype,
+    Existing,
     Settings,
     random_seed,
     validate,
@@ -61,7 +63,16 @@ def _show_version(value: bool) -> None:
 
 @app.command(cls=OneLineErrors)
 def txt2img(
-    prompt: Annotated[str, typer.Argument(help="What to draw.", show_default=False)],
+    prompt: Annotated[str | None, typer.Argument(help="What to draw.", show_default=False)] = None,
+    prompts_file: Annotated[
+        str | None,
+        typer.Option(
+            "--prompts-file",
+            "-f",
+            help="One prompt per line, with optional per-line options; .jsonl for JSON "
+            "objects; - reads standard input.",
+        ),
+    ] = None,
     model: Annotated[
         str,
         typer.Option(
@@ -128,12 +139,32 @@ def txt2img(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Print only the image paths.")
     ] = False,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            "--batch-size", "-b", help="Images with the same settings drawn per pipeline call."
+        ),
+    ] = 1,
+    json_lines: Annotated[
+        bool, typer.Option("--json", help="One JSON object per image on stdout, not paths.")
+    ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Skip images already on disk; draw only the missing."),
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace images already on disk.")
+    ] = False,
+    keep_going: Annotated[
+        bool,
+        typer.Option("--keep-going", help="Report a failed image and go on (exit code 8)."),
+    ] = False,
     version: Annotated[
         bool,
         typer.Option("--version", callback=_show_version, is_eager=True, help="Show the version."),
     ] = False,
 ) -> None:
-    """Draw images from a text prompt with a Stable Diffusion model.
+    """Draw images from a text prompt, or from a file of prompts, with a Stable Diffusion model.
 
     Prints the path of each PNG on stdout as it is written; everything else goes to stderr.
 
@@ -144,11 +175,13 @@ def txt2img(
         txt2img "a red fox at dawn" --steps 30 --seed 7
 
         txt2img "a lighthouse" -m stabilityai/sdxl-turbo -N 4 -o out | xargs -n1 echo made
+
+        generate-prompts | txt2img -f - --seed 1 --json --resume -o batch | jq .path
     """
     with handle_errors():
         settings = validate(
             Settings(
-                prompt=prompt,
+                prompts=read_prompts(prompt, prompts_file),
                 model=model,
                 negative_prompt=negative_prompt,
                 steps=steps,
@@ -163,11 +196,34 @@ def txt2img(
                 device=device,
                 dtype=dtype,
                 quiet=quiet,
+                batch_size=batch_size,
+                json_lines=json_lines,
+                existing=existing_policy(resume, overwrite),
+                keep_going=keep_going,
             )
         )
         from .runner import run
 
         run(settings)
+
+
+def read_prompts(prompt: str | None, prompts_file: str | None) -> tuple[PromptLine, ...]:
+    if (prompt is None) == (prompts_file is None):
+        raise UsageError(
+            "give either a PROMPT or --prompts-file, not both"
+            if prompt is not None
+            else "no prompt given",
+            "txt2img 'a red fox', or txt2img -f prompts.txt",
+        )
+    if prompts_file is not None:
+        return tuple(read_prompt_lines(prompts_file))
+    return (PromptLine(line=0, prompt=prompt, overrides={}),)
+
+
+def existing_policy(resume: bool, overwrite: bool) -> Existing:
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite contradict each other", "choose one")
+    return Existing.skip if resume else Existing.replace if overwrite else Existing.refuse
 
 
 def main() -> None:

@@ -53,6 +53,14 @@ class OutputError(Txt2ImgError):
     exit_code = ExitCode.OUTPUT
 
 
+class BadImageError(Txt2ImgError):
+    exit_code = ExitCode.BAD_IMAGE
+
+
+class PartialFailure(Txt2ImgError):
+    exit_code = ExitCode.PARTIAL
+
+
 class StdoutClosed(Exception):
     """The reader of our stdout went away (`txt2img ... | head -1`)."""
 
@@ -65,7 +73,7 @@ def fail(message: str) -> None:
     print(f"txt2img: error: {message}", file=sys.stderr, flush=True)
 
 
-def _is_out_of_memory(exc: BaseException) -> bool:
+def is_out_of_memory(exc: BaseException) -> bool:
     # torch.OutOfMemoryError for CUDA; MPS reports a RuntimeError. Matched by name so
     # this module never imports torch.
     name = type(exc).__name__
@@ -92,7 +100,7 @@ def exit_code_for(exc: BaseException) -> int:
         with suppress(OSError, ValueError):  # stdout may not be a real file (test runners)
             _silence_stdout()
         return int(ExitCode.STDOUT_CLOSED)
-    if _is_out_of_memory(exc):
+    if is_out_of_memory(exc):
         fail(
             "the device ran out of memory "
             "(try a smaller --width/--height, fewer images at once, or --device cpu)"

@@ -6,15 +6,15 @@ StableDiffusionXLPipeline); this module decides what to load and where.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from .errors import ModelError, UsageError
+from .jobs import world
 from .model_source import ModelSource
-from .schedulers import build_scheduler
 from .settings import Device, Dtype
 
 PIPELINES = {cls.__name__: cls for cls in (StableDiffusionPipeline, StableDiffusionXLPipeline)}
@@ -40,6 +40,8 @@ class LoadedModel:
     defaults: ModelDefaults
     device: torch.device
     dtype: torch.dtype
+    own_scheduler: Any  # the scheduler saved with the model
+    schedulers: dict[str, Any] = field(default_factory=dict)  # --scheduler names, built once
 
     @property
     def dtype_name(self) -> str:
@@ -48,6 +50,8 @@ class LoadedModel:
 
 def pick_device(choice: Device) -> torch.device:
     cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if world()[1] > 1:
+        return distributed_device(use_cpu=choice is Device.cpu or not (cuda or mps))
     if choice is Device.auto:
         return torch.device("cuda" if cuda else "mps" if mps else "cpu")
     if (choice is Device.cuda and not cuda) or (choice is Device.mps and not mps):
@@ -56,6 +60,14 @@ def pick_device(choice: Device) -> torch.device:
             "use --device cpu, or install a torch build for that device",
         )
     return torch.device(choice.value)
+
+
+def distributed_device(use_cpu: bool) -> torch.device:
+    """Under `accelerate launch` or `torchrun`, accelerate's process state joins the
+    process group (NCCL on GPUs, gloo on CPUs) and gives each process its own device."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=use_cpu).device
 
 
 def pick_dtype(choice: Dtype, device: torch.device) -> torch.dtype:
@@ -67,9 +79,7 @@ def pick_dtype(choice: Dtype, device: torch.device) -> torch.dtype:
     return DTYPES[choice]
 
 
-def load_model(
-    source: ModelSource, scheduler: str | None, device: torch.device, dtype: torch.dtype
-) -> LoadedModel:
+def load_model(source: ModelSource, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     location = source.location
     try:
         pipeline_class = _pipeline_class(DiffusionPipeline.load_config(location))
@@ -78,11 +88,10 @@ def load_model(
         raise
     except Exception as exc:
         raise _load_error(source, exc) from exc
-    if scheduler is not None:
-        pipe.scheduler = build_scheduler(scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
-    return LoadedModel(pipe, source, model_defaults(pipe, source.name), device, dtype)
+    defaults = model_defaults(pipe, source.name)
+    return LoadedModel(pipe, source, defaults, device, dtype, own_scheduler=pipe.scheduler)
 
 
 def _pipeline_class(model_index: dict[str, Any]) -> type:

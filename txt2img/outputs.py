@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import sys
 import unicodedata
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
@@ -28,27 +30,32 @@ def image_file_name(index: int, seed: int, prompt: str) -> str:
     return f"{index:05d}-{seed}-{slugify(prompt)}.png"
 
 
-def prepare_output_dir(folder: Path, file_names: list[str]) -> None:
-    """Create the folder and refuse to start if any image of the run is already there."""
+def prepare_output_dir(folder: Path, file_names: list[str]) -> set[str]:
+    """Create the folder and return which of the run's file names are already taken."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create --output-dir {folder}: {exc.strerror}") from exc
-    clashes = [name for name in file_names if (folder / name).exists()]
-    if clashes:
-        more = f" and {len(clashes) - 1} more" if len(clashes) > 1 else ""
-        raise OutputError(
-            f"{folder / clashes[0]}{more} already exists and is never overwritten",
-            "choose another --output-dir or --seed, or move the old images away",
-        )
+    return {name for name in file_names if (folder / name).exists()}
 
 
-def write_png(image: Image.Image, target: Path, text_chunks: dict[str, str]) -> None:
-    """Write `image` to `target` whole or not at all, and never replace an existing file.
+def refuse_existing(folder: Path, taken: list[str]) -> OutputError:
+    more = f" and {len(taken) - 1} more" if len(taken) > 1 else ""
+    return OutputError(
+        f"{folder / taken[0]}{more} already exists and is never overwritten",
+        "--resume skips finished images, --overwrite replaces them, or choose another -o",
+    )
+
+
+def write_png(
+    image: Image.Image, target: Path, text_chunks: dict[str, str], replace: bool = False
+) -> None:
+    """Write `image` to `target` whole or not at all; replace a file only if `replace`.
 
     The PNG goes to a hidden temporary file in the same folder first; a hard link then
-    publishes it under its name, which fails if the name is taken. A crash or Ctrl-C at
-    any point leaves either no file or a complete one.
+    publishes it under its name, which fails if the name is taken (or, with `replace`,
+    an atomic rename swaps it in). A crash or Ctrl-C at any point leaves either no file
+    or a complete one.
     """
     info = PngInfo()
     for key, value in text_chunks.items():
@@ -60,7 +67,10 @@ def write_png(image: Image.Image, target: Path, text_chunks: dict[str, str]) -> 
             image.save(handle, format="PNG", pnginfo=info)
             handle.flush()
             os.fsync(handle.fileno())
-        _publish(temporary, target)
+        if replace:
+            os.replace(temporary, target)
+        else:
+            _publish(temporary, target)
     except FileExistsError as exc:
         raise OutputError(f"{target} already exists and is never overwritten") from exc
     except OSError as exc:
@@ -88,3 +98,27 @@ def emit(line: str) -> None:
         sys.stdout.flush()
     except BrokenPipeError as exc:
         raise StdoutClosed from exc
+
+
+class Results:
+    """stdout: one path per written image, or with --json one object per image,
+    including those skipped (--resume) or failed (--keep-going)."""
+
+    def __init__(self, json_lines: bool) -> None:
+        self.json_lines = json_lines
+
+    def written(self, path: Path, details: dict[str, Any]) -> None:
+        if self.json_lines:
+            emit(json.dumps({"status": "ok", "path": str(path), **details}, ensure_ascii=False))
+        else:
+            emit(str(path))
+
+    def skipped(self, path: Path, details: dict[str, Any]) -> None:
+        if self.json_lines:
+            emit(
+                json.dumps({"status": "skipped", "path": str(path), **details}, ensure_ascii=False)
+            )
+
+    def failed(self, error: str, details: dict[str, Any]) -> None:
+        if self.json_lines:
+            emit(json.dumps({"status": "failed", "error": error, **details}, ensure_ascii=False))

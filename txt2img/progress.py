@@ -8,7 +8,28 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+
+class RateColumn(ProgressColumn):
+    """Images (or steps) per second."""
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:.2f}/s" if task.speed else "")
 
 
 def _wants_live_display() -> bool:
@@ -26,6 +47,8 @@ class Reporter:
         self._progress: Any = None
         self._image_task: Any = None
         self._steps_task: Any = None
+        self.done = 0
+        self.started = time.monotonic()
 
     def info(self, message: str) -> None:
         if self.quiet:
@@ -36,17 +59,9 @@ class Reporter:
             print(message, file=sys.stderr, flush=True)
 
     def start(self) -> None:
+        self.started = time.monotonic()
         if self.quiet or not _wants_live_display():
             return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
 
         self._progress = Progress(
             TextColumn("{task.description}"),
@@ -54,6 +69,7 @@ class Reporter:
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
+            RateColumn(),
             console=Console(stderr=True),
             transient=True,
         )
@@ -70,10 +86,31 @@ class Reporter:
         if self._progress is not None:
             self._progress.update(self._steps_task, completed=done, total=total)
 
-    def image_done(self, number: int, path: str, seconds: float) -> None:
+    def image_done(self, path: str, seconds: float) -> None:
+        self._count_image()
+        self.info(f"[{self.done}/{self.total_images}] {path} ({seconds:.1f} s){self._eta()}")
+
+    def failure(self, message: str) -> None:
+        """A failed image (--keep-going): shown even with --quiet."""
+        self._count_image()
+        line = f"txt2img: failed: {message}"
+        if self._progress is not None:
+            self._progress.console.print(line, markup=False, highlight=False)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def _count_image(self) -> None:
+        self.done += 1
         if self._progress is not None:
             self._progress.advance(self._image_task)
-        self.info(f"[{number}/{self.total_images}] {path} ({seconds:.1f} s)")
+
+    def _eta(self) -> str:
+        elapsed = time.monotonic() - self.started
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        left = self.total_images - self.done
+        if not (left and rate):
+            return ""
+        return f", {rate:.2f} images/s, about {left / rate:.0f} s left"
 
     def stop(self) -> None:
         if self._progress is not None:

@@ -1,4 +1,4 @@
-"""The order of a run: plan the images, check the output folder, then load and draw.
+"""The order of a run: plan the images, settle what is already on disk, then load and draw.
 
 Kept free of torch so that everything that can be refused is refused before the slow
 imports and the model load.
@@ -7,25 +7,42 @@ imports and the model load.
 from __future__ import annotations
 
 import os
+from dataclasses import asdict
 
-from .jobs import plan_jobs
+from .errors import PartialFailure
+from .jobs import plan_jobs, process_share
 from .model_source import locate
-from .outputs import prepare_output_dir
+from .outputs import Results, prepare_output_dir, refuse_existing
 from .progress import Reporter
-from .settings import Settings
+from .settings import Existing, Settings
 
 
 def run(settings: Settings) -> None:
     source = locate(settings.model)
-    jobs = plan_jobs(settings)
-    prepare_output_dir(settings.output_dir, [job.file_name for job in jobs])
+    jobs = process_share(plan_jobs(settings))
+    taken = prepare_output_dir(settings.output_dir, [job.file_name for job in jobs])
+    results = Results(settings.json_lines)
+    if taken and settings.existing is Existing.refuse:
+        raise refuse_existing(settings.output_dir, sorted(taken))
+    if settings.existing is Existing.skip:
+        for job in jobs:
+            if job.file_name in taken:
+                results.skipped(settings.output_dir / job.file_name, asdict(job))
+        jobs = [job for job in jobs if job.file_name not in taken]
     reporter = Reporter(settings.quiet, total_images=len(jobs))
     if settings.seed_is_random:
         reporter.info(f"seed: {settings.seed} (drawn at random; --seed {settings.seed} repeats it)")
+    if not jobs:
+        reporter.info(
+            f"nothing to do: all {len(taken)} images are already in {settings.output_dir}"
+        )
+        return
     if settings.quiet:
         # Read by transformers and diffusers when they are first imported, just below.
         os.environ["TRANSFORMERS_VERBOSITY"] = os.environ["DIFFUSERS_VERBOSITY"] = "error"
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     from .generate import generate  # torch and diffusers load only from here on
 
-    generate(settings, source, jobs, reporter)
+    failed = generate(settings, source, jobs, reporter, results)
+    if failed:
+        raise PartialFailure(f"{failed} of {len(jobs)} images failed", "see the messages above")

@@ -12,8 +12,12 @@ import secrets
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import OutputError, UsageError
+
+if TYPE_CHECKING:
+    from .prompts import PromptLine
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_OUTPUT_DIR = Path("outputs")
@@ -36,11 +40,23 @@ class Dtype(str, Enum):
     fp32 = "fp32"
 
 
+class Existing(str, Enum):
+    """What to do with an image whose file is already there."""
+
+    refuse = "refuse"  # the default: the run does not start
+    skip = "skip"  # --resume
+    replace = "replace"  # --overwrite
+
+
 @dataclass(frozen=True)
 class Settings:
-    """One run. `None` means "the model's default", resolved once the model is loaded."""
+    """One run. `None` means "the model's default", resolved once the model is loaded.
 
-    prompt: str
+    `prompts` holds the command-line prompt or the lines of --prompts-file; their
+    per-line options override the settings here.
+    """
+
+    prompts: tuple[PromptLine, ...]
     model: str = DEFAULT_MODEL
     negative_prompt: str = ""
     steps: int | None = None
@@ -55,6 +71,10 @@ class Settings:
     device: Device = Device.auto
     dtype: Dtype = Dtype.auto
     quiet: bool = False
+    batch_size: int = 1
+    json_lines: bool = False
+    existing: Existing = Existing.refuse
+    keep_going: bool = False
 
 
 def random_seed() -> int:
@@ -64,7 +84,8 @@ def random_seed() -> int:
 
 def validate(settings: Settings) -> Settings:
     """Raise a `UsageError` or `OutputError` naming the first bad setting."""
-    check_prompt(settings.prompt)
+    for line in settings.prompts:
+        check_prompt(line.prompt)
     if not settings.model.strip():
         raise UsageError("--model is empty", "give a Hub id or a local model folder")
     check_image_options(
@@ -75,6 +96,12 @@ def validate(settings: Settings) -> Settings:
         num_images=settings.num_images,
         seed=settings.seed,
     )
+    _check_range("--batch-size", settings.batch_size, 1, None)
+    if settings.existing is Existing.skip and settings.seed_is_random:
+        raise UsageError(
+            "--resume needs the --seed of the run it resumes",
+            "the seed was printed when that run started and is in its images' metadata",
+        )
     _check_output_dir(settings.output_dir)
     return settings
 
