@@ -1,0 +1,248 @@
+"""Batch runs: prompt files and stdin, per-line overrides, JSON output, batching,
+resume, overwrite, keep-going and several processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from a1111 import parse_generation_parameters
+from diffusers import DiffusionPipeline
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from txt2img.errors import ExitCode
+
+PROMPTS = """\
+# a comment, then a blank line
+
+a red fox at dawn
+a blue cat --seed 50 --steps 2 -n "blurry, dark"
+a green owl -N 2
+"""
+
+
+def pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def lines(result) -> list[str]:
+    assert result.exit_code == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+def folder_pixels(folder: Path) -> dict[str, np.ndarray]:
+    return {path.name: pixels(path) for path in sorted(folder.glob("*.png"))}
+
+
+@pytest.fixture
+def prompts_file(tmp_path) -> Path:
+    path = tmp_path / "prompts.txt"
+    path.write_text(PROMPTS)
+    return path
+
+
+def test_prompts_file_with_overrides(cli, tmp_path, models, prompts_file):
+    out = tmp_path / "out"
+    result = cli("-f", prompts_file, "-m", models["sd1"], "--steps", 3, "--seed", 1, "-o", out)
+    assert [Path(p).name for p in lines(result)] == [
+        "00000-1-a-red-fox-at-dawn.png",
+        "00001-50-a-blue-cat.png",  # its line sets seed 50
+        "00002-3-a-green-owl.png",  # image 2 of the run: seed 1 + 2
+        "00003-4-a-green-owl.png",
+    ]
+    cat = Image.open(out / "00001-50-a-blue-cat.png")
+    params = parse_generation_parameters(cat.text["parameters"])
+    assert (params["Negative prompt"], params["Steps"], params["Seed"]) == (
+        "blurry, dark",
+        "2",
+        "50",
+    )
+    pipe = DiffusionPipeline.from_pretrained(models["sd1"])
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(
+        "a blue cat", negative_prompt="blurry, dark", num_inference_steps=2,
+        generator=torch.Generator("cpu").manual_seed(50),
+    ).images[0]  # fmt: skip
+    np.testing.assert_array_equal(pixels(out / "00001-50-a-blue-cat.png"), np.asarray(expected))
+
+
+def test_stdin_and_json_output(cli, tmp_path, models):
+    result = CliInput(cli).run(
+        "a red fox\r\n# skip me\r\na blue cat --steps 2\r\n",
+        "-f", "-", "-m", models["sd1"], "--steps", 1, "--seed", 9, "--json", "-o", tmp_path,
+    )  # fmt: skip
+    records = [json.loads(line) for line in lines(result)]
+    assert [(r["status"], r["prompt"], r["seed"], r["steps"], r["line"]) for r in records] == [
+        ("ok", "a red fox", 9, 1, 1),
+        ("ok", "a blue cat", 10, 2, 3),
+    ]
+    for record in records:
+        assert Path(record["path"]).is_file()
+        assert record["seconds"] > 0 and record["model"] == str(models["sd1"].resolve())
+        stored = json.loads(Image.open(record["path"]).text["txt2img"])
+        assert {k: record[k] for k in stored} == stored  # every setting is in the JSON
+
+
+class CliInput:
+    """`cli` with text on standard input."""
+
+    def __init__(self, cli) -> None:
+        from typer.testing import CliRunner
+
+        from txt2img.cli import app
+
+        self.runner, self.app = CliRunner(), app
+
+    def run(self, stdin: str, *args):
+        return self.runner.invoke(self.app, [str(a) for a in args], input=stdin)
+
+
+def test_bad_line_is_reported_before_the_model_loads(cli, tmp_path, models):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "a fox"}\n{"prompt": "a cat", "stepz": 3}\n')
+    result = cli("-f", path, "-m", models["sd1"], "-o", tmp_path / "out")
+    assert result.exit_code == ExitCode.USAGE
+    assert f"{path}:2:" in result.stderr and "stepz" in result.stderr
+    assert "loading" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_batch_size_does_not_change_the_images(cli, tmp_path, models):
+    prompts_file = tmp_path / "same-settings.txt"
+    prompts_file.write_text("a red fox\na blue cat\na green owl\na tiny boat\n")
+    for size in (1, 3):  # batches of 3, 3 and 2 images
+        lines(cli("-f", prompts_file, "-m", models["sd1"], "--steps", 3, "--seed", 1, "-N", 2,
+                  "-b", size, "-q", "-o", tmp_path / f"b{size}"))  # fmt: skip
+    one, three = folder_pixels(tmp_path / "b1"), folder_pixels(tmp_path / "b3")
+    assert one.keys() == three.keys() and len(one) == 8
+    for name in one:
+        # Same starting noise per image; batched float kernels may round one 8-bit
+        # level differently on a rare pixel.
+        difference = np.abs(one[name].astype(int) - three[name].astype(int))
+        assert difference.max() <= 1 and (difference > 0).mean() < 0.005, name
+
+
+def test_resume_draws_only_the_missing_images(cli, tmp_path, models):
+    args = ("a red fox", "-m", models["sd1"], "--steps", 2, "--seed", 3, "-N", 4, "-o", tmp_path)
+    first = [Path(p) for p in lines(cli(*args, "-q"))]
+    originals = {p.name: pixels(p) for p in first}
+    first[1].unlink()
+    first[3].unlink()
+    untouched = first[0].stat().st_mtime_ns
+    resumed = cli(*args, "--resume", "--json")
+    records = [json.loads(line) for line in lines(resumed)]
+    assert [(r["status"], Path(r["path"]).name) for r in records] == [
+        ("skipped", first[0].name),
+        ("skipped", first[2].name),
+        ("ok", first[1].name),
+        ("ok", first[3].name),
+    ]
+    assert folder_pixels(tmp_path).keys() == originals.keys()
+    for name, image in folder_pixels(tmp_path).items():
+        np.testing.assert_array_equal(image, originals[name])
+    assert first[0].stat().st_mtime_ns == untouched
+    again = cli(*args, "--resume")
+    assert again.exit_code == 0 and again.stdout == "" and "nothing to do" in again.stderr
+
+
+def test_overwrite_replaces_and_default_refuses(cli, tmp_path, models):
+    args = ("a red fox", "-m", models["sd1"], "--steps", 1, "--seed", 3, "-q", "-o", tmp_path)
+    [path] = lines(cli(*args))
+    Path(path).write_bytes(b"junk")
+    refused = cli(*args)
+    assert refused.exit_code == ExitCode.OUTPUT and "--overwrite" in refused.stderr
+    assert Path(path).read_bytes() == b"junk"
+    assert lines(cli(*args, "--overwrite")) == [path]
+    assert Image.open(path).size == (64, 64)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [Path(path).name]
+
+
+def test_keep_going_reports_a_failed_item_and_continues(cli, tmp_path, models):
+    path = tmp_path / "p.txt"
+    path.write_text("a red fox\na blue cat --scheduler lcm --steps 60\na green owl\n")
+    base = ("-f", path, "-m", models["sd1"], "--steps", 1, "--seed", 1)
+    stopped = cli(*base, "-q", "-o", tmp_path / "stop")
+    assert stopped.exit_code == ExitCode.USAGE
+    assert [p.name for p in (tmp_path / "stop").glob("*.png")] == ["00000-1-a-red-fox.png"]
+
+    going = cli(*base, "--keep-going", "--json", "-q", "-o", tmp_path / "go")
+    assert going.exit_code == ExitCode.PARTIAL
+    records = [json.loads(line) for line in going.stdout.splitlines()]
+    assert [(r["status"], r["index"]) for r in records] == [("ok", 0), ("failed", 1), ("ok", 2)]
+    assert "original_steps" in records[1]["error"]
+    assert "failed: image 1 (line 2, seed 2)" in going.stderr
+    assert "1 of 3 images failed" in going.stderr
+    assert len(list((tmp_path / "go").glob("*.png"))) == 2
+
+
+def test_nan_image_is_never_written(cli, tmp_path, models):
+    broken = tmp_path / "nan-model"
+    shutil.copytree(models["sd1"], broken)
+    weights_file = broken / "vae" / "diffusion_pytorch_model.safetensors"
+    weights = load_file(weights_file)
+    weights["decoder.conv_out.bias"] = torch.full_like(weights["decoder.conv_out.bias"], np.nan)
+    save_file(weights, weights_file)
+    result = cli("a fox", "-m", broken, "--steps", 1, "--seed", 1, "-q", "-o", tmp_path / "out")
+    assert result.exit_code == ExitCode.BAD_IMAGE and "NaN" in result.stderr
+    assert result.stdout == "" and list((tmp_path / "out").iterdir()) == []
+
+
+def run_process(*argv, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *map(str, argv)], capture_output=True, text=True, timeout=300, env=env
+    )
+
+
+def test_two_processes_write_exactly_what_one_writes(tmp_path, models, prompts_file):
+    # One thread per process on both sides, so float summation order is the same.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ("-f", prompts_file, "-m", models["sd1"], "--steps", 2, "--seed", 5, "-q")
+    single = run_process("-m", "txt2img", *args, "-o", tmp_path / "one", env=env)
+    assert single.returncode == 0, single.stderr
+    double = run_process(
+        "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", 2,
+        "-m", "txt2img", *args, "-o", tmp_path / "two", env=env,
+    )  # fmt: skip
+    assert double.returncode == 0, double.stderr
+    one, two = folder_pixels(tmp_path / "one"), folder_pixels(tmp_path / "two")
+    assert len(one) == 4 and one.keys() == two.keys()
+    for name in one:
+        np.testing.assert_array_equal(one[name], two[name])
+    assert sorted(double.stdout.split()) == sorted(
+        str(tmp_path / "two" / name) for name in one
+    )  # every image reported once, by the process that drew it
+
+
+def test_resume_after_ctrl_c_matches_an_uninterrupted_run(tmp_path, models):
+    args = ("-m", "txt2img", "a red fox", "-m", models["sd1"], "--steps", 150, "--seed", 8,
+            "-N", 4, "-q")  # fmt: skip
+    env = {**os.environ, "NO_COLOR": "1"}
+    process = subprocess.Popen(
+        [sys.executable, *map(str, args), "-o", tmp_path / "cut"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    first = process.stdout.readline()  # one image has landed; the next is in flight
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == ExitCode.INTERRUPTED and "Traceback" not in stderr
+    cut = sorted(p.name for p in (tmp_path / "cut").iterdir())
+    assert Path(first.strip()).name in cut and 1 <= len(cut) < 4  # no temporary files
+    assert all(name.endswith(".png") and not name.startswith(".") for name in cut)
+
+    resumed = run_process(*args, "--resume", "-o", tmp_path / "cut", env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(resumed.stdout.split()) == 4 - len(cut)
+    whole = run_process(*args, "-o", tmp_path / "whole", env=env)
+    assert whole.returncode == 0, whole.stderr
+    cut_pixels, whole_pixels = folder_pixels(tmp_path / "cut"), folder_pixels(tmp_path / "whole")
+    assert cut_pixels.keys() == whole_pixels.keys() and len(cut_pixels) == 4
+    for name in cut_pixels:
+        np.testing.assert_array_equal(cut_pixels[name], whole_pixels[name])
