@@ -221,6 +221,12 @@ def test_two_processes_write_exactly_what_one_writes(tmp_path, models, prompts_f
     )  # every image reported once, by the process that drew it
 
 
+def test_several_processes_need_a_shared_seed(cli, tmp_path, models):
+    result = cli("a fox", "-m", models["sd1"], "-o", tmp_path,
+                 env={"WORLD_SIZE": "2", "RANK": "1"})  # fmt: skip
+    assert result.exit_code == ExitCode.USAGE and "shared --seed" in result.stderr
+
+
 def test_resume_after_ctrl_c_matches_an_uninterrupted_run(tmp_path, models):
     args = ("-m", "txt2img", "a red fox", "-m", models["sd1"], "--steps", 150, "--seed", 8,
             "-N", 4, "-q")  # fmt: skip

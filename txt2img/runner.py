@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from dataclasses import asdict
 
-from .errors import PartialFailure
-from .jobs import plan_jobs, process_share
+from .errors import PartialFailure, UsageError
+from .jobs import plan_jobs, process_share, world
 from .model_source import locate
 from .outputs import Results, prepare_output_dir, refuse_existing
 from .progress import Reporter
@@ -18,6 +18,11 @@ from .settings import Existing, Settings
 
 
 def run(settings: Settings) -> None:
+    if settings.seed_is_random and world()[1] > 1:
+        raise UsageError(
+            "several processes need one shared --seed (each would draw its own)",
+            "pass --seed to accelerate launch / torchrun runs",
+        )
     source = locate(settings.model)
     jobs = process_share(plan_jobs(settings))
     taken = prepare_output_dir(settings.output_dir, [job.file_name for job in jobs])
