@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-from .errors import ModelError, UsageError
+from .errors import ModelError, UsageError, is_out_of_memory
 from .jobs import world
 from .model_source import ModelSource
 from .settings import Device, Dtype
@@ -87,6 +87,8 @@ def load_model(source: ModelSource, device: torch.device, dtype: torch.dtype) ->
     except ModelError:
         raise
     except Exception as exc:
+        if is_out_of_memory(exc):
+            raise
         raise _load_error(source, exc) from exc
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
