@@ -62,9 +62,9 @@ def test_output_dir_that_is_a_file_exits_7(cli, tmp_path):
 @pytest.mark.parametrize(
     ("model", "fragment"),
     [
-        ("./does-not-exist", "neither an existing folder nor a Hub id"),
-        ("a/b/c", "neither an existing folder nor a Hub id"),
-        ("weights.safetensors", "single-file checkpoint"),
+        ("./does-not-exist", "neither an existing folder or file nor a Hub id"),
+        ("a/b/c", "neither an existing folder or file nor a Hub id"),
+        ("weights.safetensors", "does not exist"),
         ("nobody-here/not-a-cached-model", "not in the Hugging Face cache"),
     ],
 )

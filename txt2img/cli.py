@@ -79,7 +79,8 @@ def txt2img(
             "--model",
             "-m",
             envvar="TXT2IMG_MODEL",
-            help="Hugging Face Hub id or local diffusers folder.",
+            help="Hugging Face Hub id, local diffusers folder, or single-file checkpoint "
+            "(.safetensors).",
         ),
     ] = DEFAULT_MODEL,
     negative_prompt: Annotated[
@@ -155,6 +156,26 @@ def txt2img(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace images already on disk.")
     ] = False,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config",
+            help="For a single-file checkpoint: sd1, sd2, sd2-v, sdxl, or a diffusers config "
+            "folder (default: told from the weights).",
+        ),
+    ] = None,
+    offline: Annotated[
+        bool,
+        typer.Option("--offline", help="Never use the network; Hub models must be cached."),
+    ] = False,
+    allow_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--allow-pickle",
+            help="Allow pickle-based weights (.ckpt/.pt/.bin), read with torch's weights-only "
+            "loader. Only for files you trust.",
+        ),
+    ] = False,
     keep_going: Annotated[
         bool,
         typer.Option("--keep-going", help="Report a failed image and go on (exit code 8)."),
@@ -200,6 +221,9 @@ def txt2img(
                 json_lines=json_lines,
                 existing=existing_policy(resume, overwrite),
                 keep_going=keep_going,
+                config=config,
+                offline=offline,
+                allow_pickle=allow_pickle,
             )
         )
         from .runner import run

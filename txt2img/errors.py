@@ -49,6 +49,10 @@ class ModelError(Txt2ImgError):
     exit_code = ExitCode.MODEL
 
 
+class UnsafeCheckpointError(Txt2ImgError):
+    exit_code = ExitCode.UNSAFE_CHECKPOINT
+
+
 class OutputError(Txt2ImgError):
     exit_code = ExitCode.OUTPUT
 

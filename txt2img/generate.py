@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import diffusers
@@ -27,6 +28,7 @@ from .settings import Existing, Settings
 def generate(
     settings: Settings,
     source: ModelSource,
+    config: Path | None,
     jobs: list[ImageJob],
     reporter: Reporter,
     results: Results,
@@ -36,7 +38,7 @@ def generate(
     device = pick_device(settings.device)
     dtype = pick_dtype(settings.dtype, device)
     reporter.info(f"loading {source.location}")
-    model = load_model(source, device, dtype)
+    model = load_model(source, config, device, dtype, offline=settings.offline)
     d = model.defaults
     reporter.info(
         f"{d.family} model on {device} in {model.dtype_name}; "

@@ -1,50 +1,96 @@
-"""What `--model` names: a local diffusers folder or a Hugging Face Hub id.
+"""What `--model` names: a local diffusers folder, a single-file checkpoint, or a Hugging
+Face Hub id.
 
 Decided from the string and the file system alone, with no download and no torch, so a
-mistyped path fails at once and never reaches the Hub.
+mistyped path fails at once and never reaches the Hub, and an unsafe file is refused
+before anything is loaded.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
-from .errors import ModelError
+from .checkpoints import WeightsFormat, check_weights_file
+from .errors import ModelError, UsageError
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 PATH_PREFIXES = ("/", "./", "../", "~", "\\")
-CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft")
+
+
+class SourceKind(str, Enum):
+    folder = "folder"  # a diffusers-format folder (model_index.json)
+    file = "file"  # a single-file checkpoint in the original (LDM) layout
+    hub = "hub"  # a Hugging Face Hub id
 
 
 @dataclass(frozen=True)
 class ModelSource:
-    location: str  # absolute folder path, or the Hub id
-    is_local: bool
+    location: str  # absolute path, or the Hub id
+    kind: SourceKind
+    weights_format: WeightsFormat = WeightsFormat.safetensors
+
+    @property
+    def is_local(self) -> bool:
+        return self.kind is not SourceKind.hub
 
     @property
     def name(self) -> str:
-        """The short name A1111 shows as `Model:`: the folder name, or the Hub id."""
-        return Path(self.location).name if self.is_local else self.location
+        """The short name A1111 shows as `Model:`: file name without extension, folder
+        name, or the Hub id."""
+        if self.kind is SourceKind.hub:
+            return self.location
+        return (
+            Path(self.location).stem if self.kind is SourceKind.file else Path(self.location).name
+        )
 
 
-def locate(model: str) -> ModelSource:
+def locate(model: str, allow_pickle: bool = False) -> ModelSource:
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise ModelError(
                 f"{path} is not a diffusers model folder (it has no model_index.json)",
-                "point --model at the folder that holds model_index.json",
+                "point --model at the folder that holds model_index.json, or at a checkpoint file",
             )
-        return ModelSource(str(path.resolve()), is_local=True)
-    if path.is_file() or model.lower().endswith(CHECKPOINT_SUFFIXES):
-        raise ModelError(
-            f"{model} is a single-file checkpoint, which this version cannot load",
-            "use a diffusers-format folder or a Hub id",
-        )
+        return ModelSource(str(path.resolve()), SourceKind.folder)
+    if path.is_file():
+        weights_format = check_weights_file(path, allow_pickle)
+        return ModelSource(str(path.resolve()), SourceKind.file, weights_format)
+    if model.lower().endswith(CHECKPOINT_SUFFIXES):
+        raise ModelError(f"checkpoint file {model} does not exist", "check the path")
     if model.startswith(PATH_PREFIXES) or not HUB_ID.fullmatch(model):
         raise ModelError(
-            f"model {model!r} is neither an existing folder nor a Hub id like owner/name",
+            f"model {model!r} is neither an existing folder or file nor a Hub id like owner/name",
             "check the path, or give a Hugging Face Hub id",
         )
-    return ModelSource(model, is_local=False)
+    return ModelSource(model, SourceKind.hub)
+
+
+CONFIGS = Path(__file__).parent / "configs"
+BUILT_IN_CONFIGS = ("sd1", "sd2", "sd2-v", "sdxl")
+
+
+def resolve_config(config: str | None, source: ModelSource) -> Path | None:
+    """The diffusers config folder for a single-file checkpoint: `--config` as a built-in
+    name or a folder; None lets the loader tell the family from the weights."""
+    if config is None:
+        return None
+    if source.kind is not SourceKind.file:
+        raise UsageError(
+            "--config only applies to single-file checkpoints",
+            "a diffusers folder or Hub id brings its own configs",
+        )
+    if config in BUILT_IN_CONFIGS:
+        return CONFIGS / config
+    folder = Path(config).expanduser()
+    if not (folder / "model_index.json").is_file():
+        raise UsageError(
+            f"--config {config} is neither {', '.join(BUILT_IN_CONFIGS)} nor a folder with "
+            "model_index.json",
+            "use a built-in name or a diffusers model folder (weights are not needed)",
+        )
+    return folder.resolve()

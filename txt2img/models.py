@@ -6,15 +6,19 @@ StableDiffusionXLPipeline); this module decides what to load and where.
 
 from __future__ import annotations
 
+import json
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
+from .checkpoints import WeightsFormat
 from .errors import ModelError, UsageError, is_out_of_memory
 from .jobs import world
-from .model_source import ModelSource
+from .model_source import CONFIGS, ModelSource, SourceKind
 from .settings import Device, Dtype
 
 PIPELINES = {cls.__name__: cls for cls in (StableDiffusionPipeline, StableDiffusionXLPipeline)}
@@ -79,11 +83,24 @@ def pick_dtype(choice: Dtype, device: torch.device) -> torch.dtype:
     return DTYPES[choice]
 
 
-def load_model(source: ModelSource, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+def load_model(
+    source: ModelSource,
+    config: Path | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    offline: bool = False,
+) -> LoadedModel:
     location = source.location
     try:
-        pipeline_class = _pipeline_class(DiffusionPipeline.load_config(location))
-        pipe = pipeline_class.from_pretrained(location, dtype=dtype, use_safetensors=True)
+        if source.kind is SourceKind.file:
+            pipe = _load_single_file(source, config, dtype)
+        else:
+            pipeline_class = _pipeline_class(
+                DiffusionPipeline.load_config(location, local_files_only=offline)
+            )
+            pipe = pipeline_class.from_pretrained(
+                location, dtype=dtype, use_safetensors=True, local_files_only=offline
+            )
     except ModelError:
         raise
     except Exception as exc:
@@ -94,6 +111,65 @@ def load_model(source: ModelSource, device: torch.device, dtype: torch.dtype) ->
     pipe.to(device)
     defaults = model_defaults(pipe, source.name)
     return LoadedModel(pipe, source, defaults, device, dtype, own_scheduler=pipe.scheduler)
+
+
+def _load_single_file(source: ModelSource, config: Path | None, dtype: torch.dtype) -> Any:
+    """An original-layout checkpoint, configured from a local diffusers config folder so
+    diffusers never fetches configs from the Hub (`local_files_only` alone does not stop
+    it). The folder is `--config`, or the built-in one for the family in the weights."""
+    path = Path(source.location)
+    config = config or CONFIGS / checkpoint_family(path, source.weights_format)
+    pipeline_class = _pipeline_class(json.loads((config / "model_index.json").read_text()))
+    # diffusers picks its loader from the file name; give it a name that matches the bytes.
+    suffix = ".safetensors" if source.weights_format is WeightsFormat.safetensors else ".ckpt"
+    with tempfile.TemporaryDirectory() as folder:
+        named = Path(folder) / f"{path.stem}{suffix}"
+        named.symlink_to(path)
+        return pipeline_class.from_single_file(
+            str(named), config=str(config), local_files_only=True, dtype=dtype
+        )
+
+
+def checkpoint_family(path: Path, weights_format: WeightsFormat) -> str:
+    """Which built-in config fits an original-layout checkpoint, from its tensor names."""
+    shapes = _tensor_shapes(path, weights_format)
+    first_conv = shapes.get("model.diffusion_model.input_blocks.0.0.weight")
+    if first_conv is None:
+        raise ModelError(
+            f"{path} holds no Stable Diffusion U-Net in the original layout",
+            "txt2img loads SD 1.x, SD 2.x and SDXL checkpoints",
+        )
+    if first_conv[1] != 4:
+        raise ModelError(
+            f"{path} is an inpainting or other special-purpose checkpoint "
+            f"({first_conv[1]} input channels)",
+            "txt2img draws with text-to-image checkpoints (4 input channels)",
+        )
+    if any(key.startswith("conditioner.embedders.1.model.") for key in shapes):
+        return "sdxl"
+    if any(key.startswith("cond_stage_model.model.") for key in shapes):
+        # The weights of SD 2.x 768 (v-prediction) and 512 (epsilon) models look alike.
+        stem = path.stem.lower()
+        return "sd2" if "base" in stem or "512" in stem else "sd2-v"
+    if any(key.startswith("cond_stage_model.transformer.") for key in shapes):
+        return "sd1"
+    raise ModelError(
+        f"{path} is not an SD 1.x, SD 2.x or SDXL checkpoint (an SDXL refiner?)",
+        "pass --config with a diffusers config folder that matches it",
+    )
+
+
+def _tensor_shapes(path: Path, weights_format: WeightsFormat) -> dict[str, tuple[int, ...]]:
+    if weights_format is WeightsFormat.safetensors:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as weights:
+            return {key: tuple(weights.get_slice(key).get_shape()) for key in weights.keys()}  # noqa: SIM118
+    # Only reached with --allow-pickle; mmap keeps this from reading the tensors.
+    checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    while "state_dict" in checkpoint:
+        checkpoint = checkpoint["state_dict"]
+    return {key: tuple(value.shape) for key, value in checkpoint.items()}
 
 
 def _pipeline_class(model_index: dict[str, Any]) -> type:

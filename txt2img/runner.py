@@ -11,7 +11,7 @@ from dataclasses import asdict
 
 from .errors import PartialFailure, UsageError
 from .jobs import plan_jobs, process_share, world
-from .model_source import locate
+from .model_source import locate, resolve_config
 from .outputs import Results, prepare_output_dir, refuse_existing
 from .progress import Reporter
 from .settings import Existing, Settings
@@ -23,7 +23,8 @@ def run(settings: Settings) -> None:
             "several processes need one shared --seed (each would draw its own)",
             "pass --seed to accelerate launch / torchrun runs",
         )
-    source = locate(settings.model)
+    source = locate(settings.model, settings.allow_pickle)
+    config = resolve_config(settings.config, source)
     jobs = process_share(plan_jobs(settings))
     taken = prepare_output_dir(settings.output_dir, [job.file_name for job in jobs])
     results = Results(settings.json_lines)
@@ -42,12 +43,14 @@ def run(settings: Settings) -> None:
             f"nothing to do: all {len(taken)} images are already in {settings.output_dir}"
         )
         return
+    if settings.offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"  # read by huggingface_hub when it is imported
     if settings.quiet:
         # Read by transformers and diffusers when they are first imported, just below.
         os.environ["TRANSFORMERS_VERBOSITY"] = os.environ["DIFFUSERS_VERBOSITY"] = "error"
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     from .generate import generate  # torch and diffusers load only from here on
 
-    failed = generate(settings, source, jobs, reporter, results)
+    failed = generate(settings, source, config, jobs, reporter, results)
     if failed:
         raise PartialFailure(f"{failed} of {len(jobs)} images failed", "see the messages above")

@@ -75,6 +75,9 @@ class Settings:
     json_lines: bool = False
     existing: Existing = Existing.refuse
     keep_going: bool = False
+    config: str | None = None  # for single-file checkpoints: a built-in name or a folder
+    offline: bool = False
+    allow_pickle: bool = False
 
 
 def random_seed() -> int:
