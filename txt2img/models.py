@@ -7,6 +7,7 @@ StableDiffusionXLPipeline); this module decides what to load and where.
 from __future__ import annotations
 
 import json
+import pickle
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,13 @@ import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from .checkpoints import WeightsFormat
-from .errors import ModelError, UsageError, is_out_of_memory
+from .errors import (
+    ModelError,
+    Txt2ImgError,
+    UnsafeCheckpointError,
+    UsageError,
+    is_out_of_memory,
+)
 from .jobs import world
 from .model_source import CONFIGS, ModelSource, SourceKind
 from .settings import Device, Dtype
@@ -101,10 +108,8 @@ def load_model(
             pipe = pipeline_class.from_pretrained(
                 location, dtype=dtype, use_safetensors=True, local_files_only=offline
             )
-    except ModelError:
-        raise
     except Exception as exc:
-        if is_out_of_memory(exc):
+        if isinstance(exc, Txt2ImgError) or is_out_of_memory(exc):
             raise
         raise _load_error(source, exc) from exc
     pipe.set_progress_bar_config(disable=True)
@@ -166,7 +171,14 @@ def _tensor_shapes(path: Path, weights_format: WeightsFormat) -> dict[str, tuple
         with safe_open(str(path), framework="pt") as weights:
             return {key: tuple(weights.get_slice(key).get_shape()) for key in weights.keys()}  # noqa: SIM118
     # Only reached with --allow-pickle; mmap keeps this from reading the tensors.
-    checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UnsafeCheckpointError(
+            f"{path} holds Python objects besides tensors, which the weights-only loader "
+            "refuses to create",
+            "convert it to safetensors with a tool you trust",
+        ) from exc
     while "state_dict" in checkpoint:
         checkpoint = checkpoint["state_dict"]
     return {key: tuple(value.shape) for key, value in checkpoint.items()}
@@ -214,7 +226,7 @@ def _load_error(source: ModelSource, exc: Exception) -> ModelError:
     if source.is_local:
         return ModelError(
             f"cannot load the model in {model}: {first_line}",
-            "the folder looks incomplete or damaged; copy or download it again",
+            f"the {source.kind.value} looks incomplete or damaged; copy or download it again",
         )
     if isinstance(exc, GatedRepoError):
         return ModelError(
