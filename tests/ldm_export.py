@@ -31,7 +31,7 @@ UNET_RESNET = {
     "conv1.": "in_layers.2.",
     "time_emb_proj.": "emb_layers.1.",
     "norm2.": "out_layers.0.",
-    "conv2.": "out_layers.2.",
+    "conv2.": "out_layers.3.",
     "conv_shortcut.": "skip_connection.",
 }
 UNET_TOP = {
