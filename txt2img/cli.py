@@ -23,6 +23,7 @@ from .settings import (
     Device,
     Dtype,
     Existing,
+    MemorySavers,
     Settings,
     random_seed,
     validate,
@@ -176,6 +177,36 @@ def txt2img(
             "loader. Only for files you trust.",
         ),
     ] = False,
+    low_vram: Annotated[
+        bool,
+        typer.Option(
+            "--low-vram",
+            help="Fit small GPUs: CPU offload, VAE tiling and slicing, attention slicing.",
+        ),
+    ] = False,
+    cpu_offload: Annotated[
+        bool, typer.Option("--cpu-offload", help="Keep each model on the GPU only while it runs.")
+    ] = False,
+    vae_tiling: Annotated[
+        bool, typer.Option("--vae-tiling", help="Decode large images tile by tile.")
+    ] = False,
+    vae_slicing: Annotated[
+        bool, typer.Option("--vae-slicing", help="Decode a batch one image at a time.")
+    ] = False,
+    attention_slicing: Annotated[
+        bool, typer.Option("--attention-slicing", help="Compute attention in slices.")
+    ] = False,
+    compile_unet: Annotated[
+        bool,
+        typer.Option("--compile", help="torch.compile the U-Net (slow first image, faster after)."),
+    ] = False,
+    safety_checker: Annotated[
+        bool,
+        typer.Option(
+            "--safety-checker/--no-safety-checker",
+            help="Keep the safety checker of models that ship one.",
+        ),
+    ] = True,
     keep_going: Annotated[
         bool,
         typer.Option("--keep-going", help="Report a failed image and go on (exit code 8)."),
@@ -224,6 +255,11 @@ def txt2img(
                 config=config,
                 offline=offline,
                 allow_pickle=allow_pickle,
+                memory=MemorySavers.all()
+                if low_vram
+                else MemorySavers(cpu_offload, vae_tiling, vae_slicing, attention_slicing),
+                compile_unet=compile_unet,
+                safety_checker=safety_checker,
             )
         )
         from .runner import run

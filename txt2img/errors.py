@@ -107,7 +107,7 @@ def exit_code_for(exc: BaseException) -> int:
     if is_out_of_memory(exc):
         fail(
             "the device ran out of memory "
-            "(try a smaller --width/--height, fewer images at once, or --device cpu)"
+            "(try --low-vram, a smaller --width/--height, or --batch-size 1)"
         )
         return int(ExitCode.OUT_OF_MEMORY)
     fail(

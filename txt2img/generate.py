@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +38,11 @@ def generate(
     device = pick_device(settings.device)
     dtype = pick_dtype(settings.dtype, device)
     reporter.info(f"loading {source.location}")
-    model = load_model(source, config, device, dtype, offline=settings.offline)
+    model = load_model(settings, source, config, device, dtype)
     d = model.defaults
+    savers = ", ".join(settings.memory.names()) or "none"
     reporter.info(
-        f"{d.family} model on {device} in {model.dtype_name}; "
+        f"{d.family} model on {device} in {model.dtype_name}; memory savers: {savers}; "
         f"defaults: {d.steps} steps, guidance {d.guidance:g}, {d.width}x{d.height}"
     )
     jobs = [job.with_defaults(d.steps, d.guidance, d.width, d.height) for job in jobs]
@@ -52,14 +53,15 @@ def generate(
             started = time.perf_counter()
             reporter.image_started()
             try:
-                images = render(model, batch, reporter.step_done)
+                drawn = render(model, batch, reporter.step_done)
             except Exception as exc:
                 failed += fail_or_raise(settings, batch, exc, reporter, results)
                 continue
             seconds = (time.perf_counter() - started) / len(batch)
-            for job, image in zip(batch, images, strict=True):
+            for k, job in enumerate(batch):
                 try:
-                    write_image(settings, model, job, image, seconds, results)
+                    pixels, retried = checked_pixels(model, drawn, k, reporter)
+                    write_image(settings, model, job, pixels, retried, seconds, results)
                 except BadImageError as exc:
                     failed += fail_or_raise(settings, [job], exc, reporter, results)
                     continue
@@ -83,20 +85,32 @@ def fail_or_raise(
     return len(jobs)
 
 
-def render(model: LoadedModel, batch: list[ImageJob], on_step: Any) -> np.ndarray:
+@dataclass
+class Drawn:
+    """What one pipeline call gave: pixels in [0, 1], the final latents (for a second
+    decode), and the safety checker's verdicts where the model has one."""
+
+    pixels: np.ndarray
+    latents: torch.Tensor
+    nsfw: list[bool] | None
+
+
+def render(model: LoadedModel, batch: list[ImageJob], on_step: Any) -> Drawn:
     """One pipeline call for a batch of jobs that share their settings.
 
     Each image gets its own fresh CPU generator, so its starting noise depends only on
     its seed: not on the device, the batch size, or what was drawn before."""
     first = batch[0]
     use_scheduler(model, first.scheduler)
+    final: dict[str, torch.Tensor] = {}
 
     def step_callback(pipeline: Any, step: int, timestep: Any, tensors: dict) -> dict:
+        final["latents"] = tensors["latents"]
         on_step(step + 1, len(pipeline.scheduler.timesteps))
         return tensors
 
     try:
-        return model.pipe(
+        output = model.pipe(
             prompt=[job.prompt for job in batch],
             # None, not "": SDXL then uses zero embeddings for the unconditional branch,
             # exactly as a plain diffusers call does.
@@ -110,9 +124,49 @@ def render(model: LoadedModel, batch: list[ImageJob], on_step: Any) -> np.ndarra
             generator=[torch.Generator("cpu").manual_seed(job.seed) for job in batch],
             output_type="np",
             callback_on_step_end=step_callback,
-        ).images
+        )
     except ValueError as exc:  # diffusers' own input checks, e.g. LCM above 50 steps
         raise UsageError(f"diffusers refused these settings: {exc}".splitlines()[0]) from exc
+    return Drawn(output.images, final["latents"], getattr(output, "nsfw_content_detected", None))
+
+
+def checked_pixels(
+    model: LoadedModel, drawn: Drawn, k: int, reporter: Reporter
+) -> tuple[np.ndarray, bool]:
+    """Image k of a call, never NaN, black or censored; and whether it needed an fp32
+    decode. Half-precision VAEs can overflow to NaN where fp32 does not, so a NaN image
+    is decoded once more in fp32 before it counts as failed."""
+    if drawn.nsfw is not None and drawn.nsfw[k]:
+        raise BadImageError(
+            "the safety checker flagged the image and blacked it out; it was not written",
+            "--no-safety-checker turns the checker off",
+        )
+    pixels, retried = drawn.pixels[k], False
+    if not np.isfinite(pixels).all():
+        reporter.info("the image came out as NaN; decoding it again with the VAE in fp32")
+        pixels, retried = decode_in_fp32(model.pipe, drawn.latents[k : k + 1]), True
+    if not np.isfinite(pixels).all():
+        raise BadImageError(
+            "the image came out as NaN (not a number), also when decoded in fp32; "
+            "it was not written",
+            "try --dtype fp32",
+        )
+    if not pixels.any():
+        raise BadImageError("the image came out all black; it was not written", "try another seed")
+    return pixels, retried
+
+
+def decode_in_fp32(pipe: Any, latents: torch.Tensor) -> np.ndarray:
+    vae = pipe.vae
+    dtype = vae.dtype
+    vae.to(torch.float32)
+    try:
+        with torch.no_grad():
+            scaled = latents.to(vae.device, torch.float32) / vae.config.scaling_factor
+            image = vae.decode(scaled, return_dict=False)[0]
+    finally:
+        vae.to(dtype)
+    return pipe.image_processor.postprocess(image, output_type="np")[0]
 
 
 def use_scheduler(model: LoadedModel, name: str | None) -> None:
@@ -130,22 +184,18 @@ def write_image(
     model: LoadedModel,
     job: ImageJob,
     pixels: np.ndarray,
+    vae_fp32_retry: bool,
     seconds: float,
     results: Results,
 ) -> None:
-    if not np.isfinite(pixels).all():
-        raise BadImageError(
-            "the image came out as NaN (not a number) and was not written",
-            "try --dtype fp32",
-        )
     image = model.pipe.image_processor.numpy_to_pil(pixels[None])[0]
-    record = image_record(model, job)
+    record = image_record(model, job, vae_fp32_retry)
     target = settings.output_dir / job.file_name
     write_png(image, target, text_chunks(record), replace=settings.existing is Existing.replace)
     results.written(target, {**asdict(record), "line": job.line, "seconds": round(seconds, 3)})
 
 
-def image_record(model: LoadedModel, job: ImageJob) -> ImageRecord:
+def image_record(model: LoadedModel, job: ImageJob, vae_fp32_retry: bool) -> ImageRecord:
     scheduler = model.pipe.scheduler
     sampler, schedule = a1111_sampler(job.scheduler, type(scheduler).__name__, scheduler.config)
     return ImageRecord(
@@ -168,6 +218,7 @@ def image_record(model: LoadedModel, job: ImageJob) -> ImageRecord:
         pipeline=type(model.pipe).__name__,
         device=model.device.type,
         dtype=model.dtype_name,
+        vae_fp32_retry=vae_fp32_retry,
         versions={
             "txt2img": __version__,
             "diffusers": diffusers.__version__,

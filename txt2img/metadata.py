@@ -37,6 +37,7 @@ class ImageRecord:
     pipeline: str
     device: str
     dtype: str
+    vae_fp32_retry: bool  # the first decode gave NaN; this image was decoded in fp32
     versions: dict[str, str]
 
 

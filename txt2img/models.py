@@ -26,7 +26,7 @@ from .errors import (
 )
 from .jobs import world
 from .model_source import CONFIGS, ModelSource, SourceKind
-from .settings import Device, Dtype
+from .settings import Device, Dtype, MemorySavers, Settings
 
 PIPELINES = {cls.__name__: cls for cls in (StableDiffusionPipeline, StableDiffusionXLPipeline)}
 DTYPES = {Dtype.fp16: torch.float16, Dtype.bf16: torch.bfloat16, Dtype.fp32: torch.float32}
@@ -91,11 +91,11 @@ def pick_dtype(choice: Dtype, device: torch.device) -> torch.dtype:
 
 
 def load_model(
+    settings: Settings,
     source: ModelSource,
     config: Path | None,
     device: torch.device,
     dtype: torch.dtype,
-    offline: bool = False,
 ) -> LoadedModel:
     location = source.location
     try:
@@ -103,19 +103,41 @@ def load_model(
             pipe = _load_single_file(source, config, dtype)
         else:
             pipeline_class = _pipeline_class(
-                DiffusionPipeline.load_config(location, local_files_only=offline)
+                DiffusionPipeline.load_config(location, local_files_only=settings.offline)
             )
+            no_checker = {"safety_checker": None, "requires_safety_checker": False}
             pipe = pipeline_class.from_pretrained(
-                location, dtype=dtype, use_safetensors=True, local_files_only=offline
-            )
+                location,
+                dtype=dtype,
+                use_safetensors=True,
+                local_files_only=settings.offline,
+                **({} if settings.safety_checker or pipeline_class is not StableDiffusionPipeline
+                   else no_checker),
+            )  # fmt: skip
     except Exception as exc:
         if isinstance(exc, Txt2ImgError) or is_out_of_memory(exc):
             raise
         raise _load_error(source, exc) from exc
     pipe.set_progress_bar_config(disable=True)
-    pipe.to(device)
+    place(pipe, device, settings.memory)
+    if settings.compile_unet:
+        pipe.unet.compile()
     defaults = model_defaults(pipe, source.name)
     return LoadedModel(pipe, source, defaults, device, dtype, own_scheduler=pipe.scheduler)
+
+
+def place(pipe: Any, device: torch.device, memory: MemorySavers) -> None:
+    """Move the pipeline to its device, with the memory savers asked for."""
+    if memory.cpu_offload and device.type != "cpu":
+        pipe.enable_model_cpu_offload(gpu_id=device.index, device=device.type)
+    else:
+        pipe.to(device)
+    if memory.vae_tiling:
+        pipe.vae.enable_tiling()
+    if memory.vae_slicing:
+        pipe.vae.enable_slicing()
+    if memory.attention_slicing:
+        pipe.enable_attention_slicing()
 
 
 def _load_single_file(source: ModelSource, config: Path | None, dtype: torch.dtype) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,6 +49,23 @@ class Existing(str, Enum):
 
 
 @dataclass(frozen=True)
+class MemorySavers:
+    """What diffusers offers to fit a small GPU; --low-vram turns on all of them."""
+
+    cpu_offload: bool = False  # whole models move to the GPU only while they run
+    vae_tiling: bool = False  # decode large images tile by tile
+    vae_slicing: bool = False  # decode a batch one image at a time
+    attention_slicing: bool = False  # attention in slices (slower with SDPA)
+
+    @classmethod
+    def all(cls) -> MemorySavers:
+        return cls(True, True, True, True)
+
+    def names(self) -> list[str]:
+        return [name for name, on in self.__dict__.items() if on]
+
+
+@dataclass(frozen=True)
 class Settings:
     """One run. `None` means "the model's default", resolved once the model is loaded.
 
@@ -78,6 +95,9 @@ class Settings:
     config: str | None = None  # for single-file checkpoints: a built-in name or a folder
     offline: bool = False
     allow_pickle: bool = False
+    memory: MemorySavers = field(default_factory=lambda: MemorySavers())
+    compile_unet: bool = False
+    safety_checker: bool = True
 
 
 def random_seed() -> int:
