@@ -25,7 +25,9 @@ from .settings import (
     Existing,
     MemorySavers,
     Settings,
+    parse_lora,
     random_seed,
+    split_suffix,
     validate,
 )
 
@@ -177,6 +179,25 @@ def txt2img(
             "loader. Only for files you trust.",
         ),
     ] = False,
+    vae: Annotated[
+        str | None,
+        typer.Option("--vae", help="Replacement VAE: diffusers folder, .safetensors or Hub id."),
+    ] = None,
+    lora: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--lora",
+            help="LoRA file or Hub id, with an optional :SCALE (default 1). Repeatable.",
+        ),
+    ] = None,
+    embedding: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--embedding",
+            help="Textual-inversion embedding, with an optional :TOKEN (default: its file "
+            "name). Repeatable.",
+        ),
+    ] = None,
     low_vram: Annotated[
         bool,
         typer.Option(
@@ -260,6 +281,9 @@ def txt2img(
                 else MemorySavers(cpu_offload, vae_tiling, vae_slicing, attention_slicing),
                 compile_unet=compile_unet,
                 safety_checker=safety_checker,
+                vae=vae,
+                loras=tuple(parse_lora(value) for value in lora or ()),
+                embeddings=tuple(split_suffix(value, "--embedding") for value in embedding or ()),
             )
         )
         from .runner import run

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import diffusers
@@ -17,7 +16,7 @@ from . import __version__
 from .errors import BadImageError, Txt2ImgError, UsageError, is_out_of_memory
 from .jobs import ImageJob, batches
 from .metadata import ImageRecord, text_chunks
-from .model_source import ModelSource
+from .model_source import ModelPlan
 from .models import LoadedModel, load_model, pick_device, pick_dtype
 from .outputs import Results, write_png
 from .progress import Reporter
@@ -27,8 +26,7 @@ from .settings import Existing, Settings
 
 def generate(
     settings: Settings,
-    source: ModelSource,
-    config: Path | None,
+    plan: ModelPlan,
     jobs: list[ImageJob],
     reporter: Reporter,
     results: Results,
@@ -37,8 +35,8 @@ def generate(
     quiet_libraries(settings.quiet)
     device = pick_device(settings.device)
     dtype = pick_dtype(settings.dtype, device)
-    reporter.info(f"loading {source.location}")
-    model = load_model(settings, source, config, device, dtype)
+    reporter.info(f"loading {plan.source.location}")
+    model = load_model(settings, plan, device, dtype)
     d = model.defaults
     savers = ", ".join(settings.memory.names()) or "none"
     reporter.info(
@@ -219,6 +217,7 @@ def image_record(model: LoadedModel, job: ImageJob, vae_fp32_retry: bool) -> Ima
         device=model.device.type,
         dtype=model.dtype_name,
         vae_fp32_retry=vae_fp32_retry,
+        addons=[asdict(addon) for addon in model.addons],
         versions={
             "txt2img": __version__,
             "diffusers": diffusers.__version__,

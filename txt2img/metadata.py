@@ -38,6 +38,7 @@ class ImageRecord:
     device: str
     dtype: str
     vae_fp32_retry: bool  # the first decode gave NaN; this image was decoded in fp32
+    addons: list[dict[str, Any]]  # VAE, LoRAs, embeddings: kind, name, hash, scale, token
     versions: dict[str, str]
 
 
@@ -59,7 +60,11 @@ def infotext(record: ImageRecord) -> str:
         "Seed": record.seed,
         "Size": f"{record.width}x{record.height}",
         "Model": record.model_name,
+        "VAE hash": _one(record, "vae", "hash"),
+        "VAE": _one(record, "vae", "name"),
         "RNG": "CPU",  # we always draw the starting noise on the CPU
+        "Lora hashes": _hashes(record, "lora"),
+        "TI hashes": _hashes(record, "embedding"),
         "Version": f"txt2img {__version__}",
     }
     pairs = ", ".join(
@@ -69,6 +74,16 @@ def infotext(record: ImageRecord) -> str:
     )
     negative = f"\nNegative prompt: {record.negative_prompt}" if record.negative_prompt else ""
     return f"{record.prompt}{negative}\n{pairs}".strip()
+
+
+def _one(record: ImageRecord, kind: str, key: str) -> Any:
+    return next((addon[key] for addon in record.addons if addon["kind"] == kind), None)
+
+
+def _hashes(record: ImageRecord, kind: str) -> str | None:
+    """A1111's "name: hash, name: hash" list (quoted as a whole when written)."""
+    pairs = [f"{a['name']}: {a['hash']}" for a in record.addons if a["kind"] == kind]
+    return ", ".join(pairs) or None
 
 
 def text_chunks(record: ImageRecord) -> dict[str, str]:

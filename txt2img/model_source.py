@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .checkpoints import WeightsFormat, check_weights_file
 from .errors import ModelError, UsageError
+from .settings import Settings
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 PATH_PREFIXES = ("/", "./", "../", "~", "\\")
@@ -94,3 +95,57 @@ def resolve_config(config: str | None, source: ModelSource) -> Path | None:
             "use a built-in name or a diffusers model folder (weights are not needed)",
         )
     return folder.resolve()
+
+
+def locate_addon(ref: str, flag: str, allow_pickle: bool) -> ModelSource:
+    """A LoRA, VAE or embedding: a file (checked like a checkpoint), a folder, or a Hub id."""
+    path = Path(ref).expanduser()
+    if path.is_file():
+        return ModelSource(
+            str(path.resolve()), SourceKind.file, check_weights_file(path, allow_pickle)
+        )
+    if path.is_dir():
+        return ModelSource(str(path.resolve()), SourceKind.folder)
+    if ref.startswith(PATH_PREFIXES) or ref.lower().endswith(CHECKPOINT_SUFFIXES):
+        raise ModelError(f"{flag} {ref} does not exist", "check the path")
+    if not HUB_ID.fullmatch(ref):
+        raise ModelError(
+            f"{flag} {ref!r} is neither an existing file or folder nor a Hub id like owner/name",
+            "check the path",
+        )
+    return ModelSource(ref, SourceKind.hub)
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """Everything to load, found and checked before anything is loaded."""
+
+    source: ModelSource
+    config: Path | None  # config folder for a single-file checkpoint; None: by family
+    vae: ModelSource | None
+    loras: tuple[tuple[ModelSource, float], ...]
+    embeddings: tuple[tuple[ModelSource, str | None], ...]
+
+    @property
+    def vae_config(self) -> tuple[str, str]:
+        """Where the model's own VAE config lives (folder or Hub id, subfolder)."""
+        if self.source.kind is SourceKind.file:
+            return str(self.config or CONFIGS / "sd1"), "vae"
+        return self.source.location, "vae"
+
+
+def plan_model(settings: Settings) -> ModelPlan:
+    source = locate(settings.model, settings.allow_pickle)
+    return ModelPlan(
+        source=source,
+        config=resolve_config(settings.config, source),
+        vae=locate_addon(settings.vae, "--vae", settings.allow_pickle) if settings.vae else None,
+        loras=tuple(
+            (locate_addon(ref, "--lora", settings.allow_pickle), scale)
+            for ref, scale in settings.loras
+        ),
+        embeddings=tuple(
+            (locate_addon(ref, "--embedding", settings.allow_pickle), token)
+            for ref, token in settings.embeddings
+        ),
+    )

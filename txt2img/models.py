@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
+from .addons import AddOn, load_embeddings, load_loras, load_vae
 from .checkpoints import WeightsFormat
 from .errors import (
     ModelError,
@@ -25,7 +26,7 @@ from .errors import (
     is_out_of_memory,
 )
 from .jobs import world
-from .model_source import CONFIGS, ModelSource, SourceKind
+from .model_source import CONFIGS, ModelPlan, ModelSource, SourceKind
 from .settings import Device, Dtype, MemorySavers, Settings
 
 PIPELINES = {cls.__name__: cls for cls in (StableDiffusionPipeline, StableDiffusionXLPipeline)}
@@ -52,6 +53,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     own_scheduler: Any  # the scheduler saved with the model
+    addons: list[AddOn]
     schedulers: dict[str, Any] = field(default_factory=dict)  # --scheduler names, built once
 
     @property
@@ -91,16 +93,13 @@ def pick_dtype(choice: Dtype, device: torch.device) -> torch.dtype:
 
 
 def load_model(
-    settings: Settings,
-    source: ModelSource,
-    config: Path | None,
-    device: torch.device,
-    dtype: torch.dtype,
+    settings: Settings, plan: ModelPlan, device: torch.device, dtype: torch.dtype
 ) -> LoadedModel:
+    source = plan.source
     location = source.location
     try:
         if source.kind is SourceKind.file:
-            pipe = _load_single_file(source, config, dtype)
+            pipe = _load_single_file(source, plan.config, dtype)
         else:
             pipeline_class = _pipeline_class(
                 DiffusionPipeline.load_config(location, local_files_only=settings.offline)
@@ -118,12 +117,32 @@ def load_model(
         if isinstance(exc, Txt2ImgError) or is_out_of_memory(exc):
             raise
         raise _load_error(source, exc) from exc
+    addons = apply_addons(pipe, plan, dtype, settings.offline)
     pipe.set_progress_bar_config(disable=True)
     place(pipe, device, settings.memory)
     if settings.compile_unet:
         pipe.unet.compile()
     defaults = model_defaults(pipe, source.name)
-    return LoadedModel(pipe, source, defaults, device, dtype, own_scheduler=pipe.scheduler)
+    return LoadedModel(pipe, source, defaults, device, dtype, pipe.scheduler, addons)
+
+
+def apply_addons(pipe: Any, plan: ModelPlan, dtype: torch.dtype, offline: bool) -> list[AddOn]:
+    addons: list[AddOn] = []
+    try:
+        if plan.vae is not None:
+            pipe.vae, vae = load_vae(plan.vae, plan.vae_config, dtype, offline)
+            addons.append(vae)
+        addons += load_loras(pipe, list(plan.loras), offline)
+        addons += load_embeddings(pipe, list(plan.embeddings), offline)
+    except Exception as exc:
+        if isinstance(exc, Txt2ImgError) or is_out_of_memory(exc):
+            raise
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(
+            f"cannot apply add-on: {first_line}",
+            "check that the LoRA, VAE or embedding was made for this model family",
+        ) from exc
+    return addons
 
 
 def place(pipe: Any, device: torch.device, memory: MemorySavers) -> None:

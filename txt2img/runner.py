@@ -11,7 +11,7 @@ from dataclasses import asdict
 
 from .errors import PartialFailure, UsageError
 from .jobs import plan_jobs, process_share, world
-from .model_source import locate, resolve_config
+from .model_source import plan_model
 from .outputs import Results, prepare_output_dir, refuse_existing
 from .progress import Reporter
 from .settings import Existing, Settings
@@ -23,8 +23,7 @@ def run(settings: Settings) -> None:
             "several processes need one shared --seed (each would draw its own)",
             "pass --seed to accelerate launch / torchrun runs",
         )
-    source = locate(settings.model, settings.allow_pickle)
-    config = resolve_config(settings.config, source)
+    plan = plan_model(settings)
     jobs = process_share(plan_jobs(settings))
     taken = prepare_output_dir(settings.output_dir, [job.file_name for job in jobs])
     results = Results(settings.json_lines)
@@ -51,6 +50,6 @@ def run(settings: Settings) -> None:
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     from .generate import generate  # torch and diffusers load only from here on
 
-    failed = generate(settings, source, config, jobs, reporter, results)
+    failed = generate(settings, plan, jobs, reporter, results)
     if failed:
         raise PartialFailure(f"{failed} of {len(jobs)} images failed", "see the messages above")

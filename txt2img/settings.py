@@ -98,6 +98,9 @@ class Settings:
     memory: MemorySavers = field(default_factory=lambda: MemorySavers())
     compile_unet: bool = False
     safety_checker: bool = True
+    vae: str | None = None  # a replacement VAE: folder, file or Hub id
+    loras: tuple[tuple[str, float], ...] = ()  # (path or Hub id, scale), applied in order
+    embeddings: tuple[tuple[str, str | None], ...] = ()  # (path or Hub id, trigger token)
 
 
 def random_seed() -> int:
@@ -179,3 +182,29 @@ def _check_output_dir(folder: Path) -> None:
         raise OutputError(
             f"cannot write to {existing}", "check its permissions or choose another --output-dir"
         )
+
+
+def split_suffix(value: str, flag: str) -> tuple[str, str | None]:
+    """`PATH:SUFFIX` -> (PATH, SUFFIX); a bare `PATH` (even `C:\\x`) -> (PATH, None)."""
+    head, sep, tail = value.rpartition(":")
+    if not sep or not head or "/" in tail or "\\" in tail:
+        return value, None
+    if not tail:
+        raise UsageError(f"{flag} {value!r} ends with ':'", f"write {flag} PATH or PATH:VALUE")
+    return head, tail
+
+
+def parse_lora(value: str) -> tuple[str, float]:
+    ref, scale = split_suffix(value, "--lora")
+    if scale is None:
+        return ref, 1.0
+    try:
+        number = float(scale)
+    except ValueError:
+        raise UsageError(
+            f"--lora {value!r}: the scale after ':' must be a number",
+            "e.g. --lora style.safetensors:0.8",
+        ) from None
+    if not math.isfinite(number):
+        raise UsageError(f"--lora {value!r}: the scale must be finite")
+    return ref, number
