@@ -109,8 +109,10 @@ def put_in_hub_cache(hf_home: Path, repo_id: str, folder: Path) -> None:
 def test_hub_id_loads_from_the_cache_offline(tmp_path, models):
     hf_home = tmp_path / "hf"
     put_in_hub_cache(hf_home, "tiny-org/tiny-sd1", models["sd1"])
-    env = process_env(HF_HOME=str(hf_home), HF_HUB_OFFLINE="1")
-    args = ("a red fox", "--steps", 2, "--seed", 4, "-q")
+    # --offline alone (no HF_HUB_OFFLINE), with any attempt to reach the Hub failing fast.
+    env = process_env(HF_HOME=str(hf_home), HF_ENDPOINT="http://127.0.0.1:9")
+    env.pop("HF_HUB_OFFLINE", None)
+    args = ("a red fox", "--steps", 2, "--seed", 4, "-q", "--offline")
     from_hub = txt2img(*args, "-m", "tiny-org/tiny-sd1", "-o", tmp_path / "hub", env=env)
     from_dir = txt2img(*args, "-m", models["sd1"], "-o", tmp_path / "dir", env=env)
     assert from_hub.returncode == 0, from_hub.stderr
@@ -119,3 +121,12 @@ def test_hub_id_loads_from_the_cache_offline(tmp_path, models):
     record = json.loads(Image.open(hub_png).text["txt2img"])
     assert record["model"] == "tiny-org/tiny-sd1"
     assert "Model: tiny-org/tiny-sd1" in Image.open(hub_png).text["parameters"]
+
+
+def test_offline_with_an_uncached_hub_id_says_how_to_get_it(tmp_path):
+    env = process_env(HF_HOME=str(tmp_path / "empty"), HF_ENDPOINT="http://127.0.0.1:9")
+    env.pop("HF_HUB_OFFLINE", None)
+    done = txt2img("a fox", "-m", "someone/not-cached", "--offline", "-q", "-o", tmp_path, env=env)
+    assert done.returncode == ExitCode.MODEL
+    assert "not in the Hugging Face cache" in done.stderr and "network access" in done.stderr
+    assert done.stderr.count("\n") == 1
