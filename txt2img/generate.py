@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -73,9 +74,15 @@ def fail_or_raise(
     settings: Settings, jobs: list[ImageJob], exc: Exception, reporter: Reporter, results: Results
 ) -> int:
     """With --keep-going, report a failed item and go on; otherwise stop the run."""
-    item_error = isinstance(exc, (UsageError, BadImageError)) or is_out_of_memory(exc)
-    if not (settings.keep_going and item_error):
+    out_of_memory = is_out_of_memory(exc)
+    if not (
+        settings.keep_going and (out_of_memory or isinstance(exc, (UsageError, BadImageError)))
+    ):
         raise exc
+    if out_of_memory:  # give the failed batch's memory back before the next one
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     message = exc.one_line() if isinstance(exc, Txt2ImgError) else str(exc).splitlines()[0]
     for job in jobs:
         reporter.failure(f"image {job.index} (line {job.line}, seed {job.seed}): {message}")
