@@ -171,9 +171,12 @@ def _load_single_file(source: ModelSource, config: Path | None, dtype: torch.dty
     with tempfile.TemporaryDirectory() as folder:
         named = Path(folder) / f"{path.stem}{suffix}"
         named.symlink_to(path)
+        # Single files carry no safety checker; say so, so diffusers does not warn.
+        no_checker = {"requires_safety_checker": False}
         return pipeline_class.from_single_file(
-            str(named), config=str(config), local_files_only=True, dtype=dtype
-        )
+            str(named), config=str(config), local_files_only=True, dtype=dtype,
+            **(no_checker if pipeline_class is StableDiffusionPipeline else {}),
+        )  # fmt: skip
 
 
 def checkpoint_family(path: Path, weights_format: WeightsFormat) -> str:
