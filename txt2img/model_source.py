@@ -49,7 +49,16 @@ class ModelSource:
         )
 
 
+DEMO_MODEL = Path(__file__).parent / "demo_model"
+
+
 def locate(model: str, allow_pickle: bool = False) -> ModelSource:
+    """`demo` is the small model shipped inside the package (a folder named demo in the
+    current directory is `./demo`)."""
+    if model == "demo":
+        if not (DEMO_MODEL / "model_index.json").is_file():
+            raise ModelError("the demo model is missing from this install", "reinstall txt2img")
+        return ModelSource(str(DEMO_MODEL), SourceKind.folder)
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
