@@ -198,6 +198,14 @@ def txt2img(
             "name). Repeatable.",
         ),
     ] = None,
+    save_steps: Annotated[
+        int | None,
+        typer.Option(
+            "--save-steps",
+            help="Also write NAME-steps.png: the model's estimate of the clean image every "
+            "N steps, from noise to the final picture.",
+        ),
+    ] = None,
     low_vram: Annotated[
         bool,
         typer.Option(
@@ -284,6 +292,7 @@ def txt2img(
                 vae=vae,
                 loras=tuple(parse_lora(value) for value in lora or ()),
                 embeddings=tuple(split_suffix(value, "--embedding") for value in embedding or ()),
+                save_steps=save_steps,
             )
         )
         from .runner import run

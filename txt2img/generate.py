@@ -20,6 +20,7 @@ from .metadata import ImageRecord, text_chunks
 from .model_source import ModelPlan
 from .models import LoadedModel, load_model, pick_device, pick_dtype
 from .outputs import Results, write_png
+from .previews import StepRecorder, recording, strip
 from .progress import Reporter
 from .schedulers import a1111_sampler, build_scheduler
 from .settings import Existing, Settings
@@ -52,7 +53,7 @@ def generate(
             started = time.perf_counter()
             reporter.image_started()
             try:
-                drawn = render(model, batch, reporter.step_done)
+                drawn = render(model, batch, reporter.step_done, settings.save_steps)
             except Exception as exc:
                 failed += fail_or_raise(settings, batch, exc, reporter, results)
                 continue
@@ -61,6 +62,8 @@ def generate(
                 try:
                     pixels, retried = checked_pixels(model, drawn, k, reporter)
                     write_image(settings, model, job, pixels, retried, seconds, results)
+                    if drawn.steps is not None:
+                        write_strip(settings, model, job, strip(model.pipe, drawn.steps, k))
                 except BadImageError as exc:
                     failed += fail_or_raise(settings, [job], exc, reporter, results)
                     continue
@@ -98,9 +101,12 @@ class Drawn:
     pixels: np.ndarray
     latents: torch.Tensor
     nsfw: list[bool] | None
+    steps: StepRecorder | None  # --save-steps
 
 
-def render(model: LoadedModel, batch: list[ImageJob], on_step: Any) -> Drawn:
+def render(
+    model: LoadedModel, batch: list[ImageJob], on_step: Any, save_steps: int | None
+) -> Drawn:
     """One pipeline call for a batch of jobs that share their settings.
 
     Each image gets its own fresh CPU generator, so its starting noise depends only on
@@ -115,24 +121,26 @@ def render(model: LoadedModel, batch: list[ImageJob], on_step: Any) -> Drawn:
         return tensors
 
     try:
-        output = model.pipe(
-            prompt=[job.prompt for job in batch],
-            # None, not "": SDXL then uses zero embeddings for the unconditional branch,
-            # exactly as a plain diffusers call does.
-            negative_prompt=[job.negative_prompt for job in batch]
-            if first.negative_prompt
-            else None,
-            num_inference_steps=first.steps,
-            guidance_scale=first.guidance,
-            width=first.width,
-            height=first.height,
-            generator=[torch.Generator("cpu").manual_seed(job.seed) for job in batch],
-            output_type="np",
-            callback_on_step_end=step_callback,
-        )
+        with recording(model.pipe, save_steps) as recorder:
+            output = model.pipe(
+                prompt=[job.prompt for job in batch],
+                # None, not "": SDXL then uses zero embeddings for the unconditional branch,
+                # exactly as a plain diffusers call does.
+                negative_prompt=[job.negative_prompt for job in batch]
+                if first.negative_prompt
+                else None,
+                num_inference_steps=first.steps,
+                guidance_scale=first.guidance,
+                width=first.width,
+                height=first.height,
+                generator=[torch.Generator("cpu").manual_seed(job.seed) for job in batch],
+                output_type="np",
+                callback_on_step_end=step_callback,
+            )
     except ValueError as exc:  # diffusers' own input checks, e.g. LCM above 50 steps
         raise UsageError(f"diffusers refused these settings: {exc}".splitlines()[0]) from exc
-    return Drawn(output.images, final["latents"], getattr(output, "nsfw_content_detected", None))
+    nsfw = getattr(output, "nsfw_content_detected", None)
+    return Drawn(output.images, final["latents"], nsfw, recorder)
 
 
 def checked_pixels(
@@ -198,6 +206,13 @@ def write_image(
     target = settings.output_dir / job.file_name
     write_png(image, target, text_chunks(record), replace=settings.existing is Existing.replace)
     results.written(target, {**asdict(record), "line": job.line, "seconds": round(seconds, 3)})
+
+
+def write_strip(settings: Settings, model: LoadedModel, job: ImageJob, sheet: Any) -> None:
+    frames = len(model.pipe.scheduler.timesteps)
+    chunks = {"txt2img-steps": f"every {settings.save_steps} of {frames} scheduler steps"}
+    replace = settings.existing is Existing.replace
+    write_png(sheet, settings.output_dir / job.strip_name, chunks, replace=replace)
 
 
 def image_record(model: LoadedModel, job: ImageJob, vae_fp32_retry: bool) -> ImageRecord:

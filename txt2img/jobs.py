@@ -31,6 +31,11 @@ class ImageJob:
     def file_name(self) -> str:
         return image_file_name(self.index, self.seed, self.prompt)
 
+    @property
+    def strip_name(self) -> str:
+        """--save-steps: the strip of denoising steps beside the image."""
+        return self.file_name.removesuffix(".png") + "-steps.png"
+
     def with_defaults(self, steps: int, guidance: float, width: int, height: int) -> ImageJob:
         return replace(
             self,

@@ -25,7 +25,10 @@ def run(settings: Settings) -> None:
         )
     plan = plan_model(settings)
     jobs = process_share(plan_jobs(settings))
-    taken = prepare_output_dir(settings.output_dir, [job.file_name for job in jobs])
+    names = [job.file_name for job in jobs]
+    if settings.save_steps:
+        names += [job.strip_name for job in jobs]
+    taken = prepare_output_dir(settings.output_dir, names)
     results = Results(settings.json_lines)
     if taken and settings.existing is Existing.refuse:
         raise refuse_existing(settings.output_dir, sorted(taken))

@@ -101,6 +101,7 @@ class Settings:
     vae: str | None = None  # a replacement VAE: folder, file or Hub id
     loras: tuple[tuple[str, float], ...] = ()  # (path or Hub id, scale), applied in order
     embeddings: tuple[tuple[str, str | None], ...] = ()  # (path or Hub id, trigger token)
+    save_steps: int | None = None  # also write a strip of every N-th step's clean estimate
 
 
 def random_seed() -> int:
@@ -123,6 +124,7 @@ def validate(settings: Settings) -> Settings:
         seed=settings.seed,
     )
     _check_range("--batch-size", settings.batch_size, 1, None)
+    _check_range("--save-steps", settings.save_steps, 1, None)
     if settings.existing is Existing.skip and settings.seed_is_random:
         raise UsageError(
             "--resume needs the --seed of the run it resumes",
