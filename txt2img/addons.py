@@ -8,6 +8,7 @@ so diffusers never decides how to unpickle anything.
 from __future__ import annotations
 
 import hashlib
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, StableDiffusionXLPipeline
 
-from .checkpoints import WeightsFormat
+from .checkpoints import WeightsFormat, named_for_its_format, refused_pickle
 from .errors import ModelError
 from .model_source import ModelSource, SourceKind
 
@@ -37,7 +38,10 @@ def read_weights(source: ModelSource) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise refused_pickle(exc, path) from exc
     while isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     return state
@@ -73,10 +77,11 @@ def load_vae(
     so nothing is fetched."""
     if source.kind is SourceKind.file:
         config, subfolder = model_config
-        vae = AutoencoderKL.from_single_file(
-            source.location, config=config, subfolder=subfolder, local_files_only=True,
-            torch_dtype=dtype,
-        )  # fmt: skip
+        with named_for_its_format(Path(source.location), source.weights_format) as named:
+            vae = AutoencoderKL.from_single_file(
+                str(named), config=config, subfolder=subfolder, local_files_only=True,
+                torch_dtype=dtype,
+            )  # fmt: skip
     else:
         vae = AutoencoderKL.from_pretrained(
             source.location, dtype=dtype, use_safetensors=True, local_files_only=offline
@@ -90,8 +95,12 @@ def load_loras(pipe: Any, loras: list[tuple[ModelSource, float]], offline: bool)
     names, records = [], []
     for number, (source, scale) in enumerate(loras):
         adapter = f"lora{number}"
-        if source.kind is SourceKind.file:
+        if source.kind is SourceKind.file and source.weights_format is WeightsFormat.pickle:
             pipe.load_lora_weights(read_weights(source), adapter_name=adapter)
+        elif source.kind is SourceKind.file:
+            # By path, so diffusers also reads the header's metadata (the LoRA's alpha).
+            with named_for_its_format(Path(source.location), source.weights_format) as named:
+                pipe.load_lora_weights(str(named), adapter_name=adapter)
         else:
             pipe.load_lora_weights(
                 source.location, adapter_name=adapter, use_safetensors=True,
@@ -136,5 +145,9 @@ def _load_embedding_file(pipe: Any, state: dict[str, Any], token: str, path: str
             state["clip_g"], token=token, text_encoder=pipe.text_encoder_2,
             tokenizer=pipe.tokenizer_2,
         )  # fmt: skip
+    elif {"clip_l", "clip_g"} & set(state):
+        raise ModelError(
+            f"{path} is an SDXL embedding; this model is not SDXL", "use one made for SD 1.x/2.x"
+        )
     else:
         pipe.load_textual_inversion(state, token=token)

@@ -8,6 +8,10 @@ they are read only by torch's `weights_only` unpickler.
 from __future__ import annotations
 
 import os
+import pickle
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 
@@ -56,3 +60,29 @@ def check_weights_file(path: Path, allow_pickle: bool) -> WeightsFormat:
             "(it is then read with torch's weights-only loader)",
         )
     return weights_format
+
+
+@contextmanager
+def named_for_its_format(path: Path, weights_format: WeightsFormat) -> Iterator[Path]:
+    """The file under a name whose extension matches its bytes (a link in a temporary
+    folder): diffusers picks its loader from the extension, and would otherwise
+    unpickle a safetensors file named .ckpt or try safetensors on a renamed pickle."""
+    suffix = ".safetensors" if weights_format is WeightsFormat.safetensors else ".ckpt"
+    with tempfile.TemporaryDirectory() as folder:
+        named = Path(folder) / f"{path.stem}{suffix}"
+        named.symlink_to(path.resolve())
+        yield named
+
+
+def refused_pickle(exc: BaseException, what: str) -> UnsafeCheckpointError | None:
+    """torch's weights-only loader refusing a file (anywhere in the exception chain)
+    means the file holds more than tensors: report it as unsafe, not as damaged."""
+    while exc is not None:
+        if isinstance(exc, pickle.UnpicklingError):
+            return UnsafeCheckpointError(
+                f"{what} holds Python objects besides tensors, which the weights-only "
+                "loader refuses to create",
+                "convert it to safetensors with a tool you trust",
+            )
+        exc = exc.__cause__ or exc.__context__
+    return None

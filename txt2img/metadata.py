@@ -81,8 +81,9 @@ def _one(record: ImageRecord, kind: str, key: str) -> Any:
 
 
 def _hashes(record: ImageRecord, kind: str) -> str | None:
-    """A1111's "name: hash, name: hash" list (quoted as a whole when written)."""
-    pairs = [f"{a['name']}: {a['hash']}" for a in record.addons if a["kind"] == kind]
+    """A1111's "name: hash, name: hash" list (quoted as a whole when written); like
+    A1111, it leaves out add-ons without a hash (Hub ids, folders)."""
+    pairs = [f"{a['name']}: {a['hash']}" for a in record.addons if a["kind"] == kind and a["hash"]]
     return ", ".join(pairs) or None
 
 

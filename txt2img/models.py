@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import pickle
-import tempfile
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,11 +17,10 @@ import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from .addons import AddOn, load_embeddings, load_loras, load_vae
-from .checkpoints import WeightsFormat
+from .checkpoints import WeightsFormat, named_for_its_format, refused_pickle
 from .errors import (
     ModelError,
     Txt2ImgError,
-    UnsafeCheckpointError,
     UsageError,
     is_out_of_memory,
 )
@@ -137,9 +136,8 @@ def apply_addons(pipe: Any, plan: ModelPlan, dtype: torch.dtype, offline: bool) 
     except Exception as exc:
         if isinstance(exc, Txt2ImgError) or is_out_of_memory(exc):
             raise
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelError(
-            f"cannot apply add-on: {first_line}",
+        raise refused_pickle(exc, "an add-on") or ModelError(
+            f"cannot apply add-on: {first_line(exc)}",
             "check that the LoRA, VAE or embedding was made for this model family",
         ) from exc
     return addons
@@ -166,11 +164,7 @@ def _load_single_file(source: ModelSource, config: Path | None, dtype: torch.dty
     path = Path(source.location)
     config = config or CONFIGS / checkpoint_family(path, source.weights_format)
     pipeline_class = _pipeline_class(json.loads((config / "model_index.json").read_text()))
-    # diffusers picks its loader from the file name; give it a name that matches the bytes.
-    suffix = ".safetensors" if source.weights_format is WeightsFormat.safetensors else ".ckpt"
-    with tempfile.TemporaryDirectory() as folder:
-        named = Path(folder) / f"{path.stem}{suffix}"
-        named.symlink_to(path)
+    with named_for_its_format(path, source.weights_format) as named:
         # Single files carry no safety checker; say so, so diffusers does not warn.
         no_checker = {"requires_safety_checker": False}
         return pipeline_class.from_single_file(
@@ -218,11 +212,7 @@ def _tensor_shapes(path: Path, weights_format: WeightsFormat) -> dict[str, tuple
     try:
         checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise UnsafeCheckpointError(
-            f"{path} holds Python objects besides tensors, which the weights-only loader "
-            "refuses to create",
-            "convert it to safetensors with a tool you trust",
-        ) from exc
+        raise refused_pickle(exc, str(path)) from exc
     while "state_dict" in checkpoint:
         checkpoint = checkpoint["state_dict"]
     return {key: tuple(value.shape) for key, value in checkpoint.items()}
@@ -257,6 +247,13 @@ def model_defaults(pipe: Any, name: str) -> ModelDefaults:
     return ModelDefaults(family, steps, guidance, side, side)
 
 
+def first_line(exc: BaseException) -> str:
+    """The gist of a library's message: its first line, without terminal codes, short."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    line = (text.splitlines() or [type(exc).__name__])[0]
+    return line if len(line) <= 200 else line[:200] + "..."
+
+
 def _load_error(source: ModelSource, exc: Exception) -> ModelError:
     from huggingface_hub import constants
     from huggingface_hub.errors import (
@@ -266,10 +263,9 @@ def _load_error(source: ModelSource, exc: Exception) -> ModelError:
     )
 
     model = source.location
-    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     if source.is_local:
-        return ModelError(
-            f"cannot load the model in {model}: {first_line}",
+        return refused_pickle(exc, model) or ModelError(
+            f"cannot load the model in {model}: {first_line(exc)}",
             f"the {source.kind.value} looks incomplete or damaged; copy or download it again",
         )
     if isinstance(exc, GatedRepoError):
@@ -286,4 +282,6 @@ def _load_error(source: ModelSource, exc: Exception) -> ModelError:
             f"{model} is not in the Hugging Face cache and the Hub cannot be reached",
             "run once with network access to cache it, then it works offline",
         )
-    return ModelError(f"cannot load {model} from the Hub: {first_line}", "check the id and network")
+    return ModelError(
+        f"cannot load {model} from the Hub: {first_line(exc)}", "check the id and network"
+    )
