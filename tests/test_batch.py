@@ -228,9 +228,9 @@ def test_several_processes_need_a_shared_seed(cli, tmp_path, models):
 
 
 def test_resume_after_ctrl_c_matches_an_uninterrupted_run(tmp_path, models):
-    args = ("-m", "txt2img", "a red fox", "-m", models["sd1"], "--steps", 150, "--seed", 8,
+    args = ("-m", "txt2img", "a red fox", "-m", models["sd1"], "--steps", 60, "--seed", 8,
             "-N", 4, "-q")  # fmt: skip
-    env = {**os.environ, "NO_COLOR": "1"}
+    env = {**os.environ, "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
         [sys.executable, *map(str, args), "-o", tmp_path / "cut"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,

@@ -21,7 +21,8 @@ HEAVY = ("torch", "diffusers", "transformers")
 
 
 def process_env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
+    # One thread each: the test process and the CLI process share the machine's cores.
+    env = {**os.environ, "NO_COLOR": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     env.pop("TXT2IMG_DEBUG", None)
     return {**env, **extra}
 

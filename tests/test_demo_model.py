@@ -1,0 +1,48 @@
+"""The demo model shipped in the package draws what the prompt says (its colours) with no
+download, through the same code path as any other model."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _demo_data():
+    """The geometry measures of scripts/eval_demo_model.py (100% on rendered pictures)."""
+    spec = importlib.util.spec_from_file_location("demo_data", ROOT / "scripts" / "demo_data.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["demo_data"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+measure = _demo_data().measure
+
+
+@pytest.mark.parametrize(
+    ("prompt", "colour", "background"),
+    [
+        ("a red square on a white background", "red", "white"),
+        ("a blue circle on a yellow background", "blue", "yellow"),
+        ("a green triangle on a black background", "green", "black"),
+        ("a large orange circle on a purple background", "orange", "purple"),
+    ],
+)
+def test_demo_model_draws_the_asked_colours(cli, tmp_path, prompt, colour, background):
+    result = cli(prompt, "-m", "demo", "--seed", 1, "-N", 4, "-q", "--json", "-o", tmp_path)
+    assert result.exit_code == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    for record in records:
+        pixels = np.asarray(Image.open(record["path"]).convert("RGB"))
+        assert pixels.shape == (32, 32, 3)  # its native size, from its own config
+        found = measure(pixels)
+        assert (found["colour"], found["background"]) == (colour, background), record["path"]
+    assert {r["model_name"] for r in records} == {"demo_model"}
