@@ -211,7 +211,8 @@ def write_image(
 def write_strip(settings: Settings, model: LoadedModel, job: ImageJob, sheet: Any) -> None:
     frames = len(model.pipe.scheduler.timesteps)
     chunks = {"txt2img-steps": f"every {settings.save_steps} of {frames} scheduler steps"}
-    replace = settings.existing is Existing.replace
+    # With --resume the image is being drawn again, so its strip may be replaced too.
+    replace = settings.existing is not Existing.refuse
     write_png(sheet, settings.output_dir / job.strip_name, chunks, replace=replace)
 
 

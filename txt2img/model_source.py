@@ -135,13 +135,6 @@ class ModelPlan:
     loras: tuple[tuple[ModelSource, float], ...]
     embeddings: tuple[tuple[ModelSource, str | None], ...]
 
-    @property
-    def vae_config(self) -> tuple[str, str]:
-        """Where the model's own VAE config lives (folder or Hub id, subfolder)."""
-        if self.source.kind is SourceKind.file:
-            return str(self.config or CONFIGS / "sd1"), "vae"
-        return self.source.location, "vae"
-
 
 def plan_model(settings: Settings) -> ModelPlan:
     source = locate(settings.model, settings.allow_pickle)

@@ -98,12 +98,17 @@ def load_model(
     location = source.location
     try:
         if source.kind is SourceKind.file:
-            pipe = _load_single_file(source, plan.config, dtype)
+            config = plan.config or CONFIGS / checkpoint_family(
+                Path(location), source.weights_format
+            )
+            pipe = _load_single_file(source, config, dtype)
+            vae_config = (str(config), "vae")
         else:
             pipeline_class = _pipeline_class(
                 DiffusionPipeline.load_config(location, local_files_only=settings.offline)
             )
             no_checker = {"safety_checker": None, "requires_safety_checker": False}
+            vae_config = (location, "vae")
             pipe = pipeline_class.from_pretrained(
                 location,
                 dtype=dtype,
@@ -116,7 +121,7 @@ def load_model(
         if isinstance(exc, Txt2ImgError) or is_out_of_memory(exc):
             raise
         raise _load_error(source, exc) from exc
-    addons = apply_addons(pipe, plan, dtype, settings.offline)
+    addons = apply_addons(pipe, plan, vae_config, dtype, settings.offline)
     pipe.set_progress_bar_config(disable=True)
     place(pipe, device, settings.memory)
     if settings.compile_unet:
@@ -125,11 +130,14 @@ def load_model(
     return LoadedModel(pipe, source, defaults, device, dtype, pipe.scheduler, addons)
 
 
-def apply_addons(pipe: Any, plan: ModelPlan, dtype: torch.dtype, offline: bool) -> list[AddOn]:
+def apply_addons(
+    pipe: Any, plan: ModelPlan, vae_config: tuple[str, str], dtype: torch.dtype, offline: bool
+) -> list[AddOn]:
+    """`vae_config` (folder or Hub id, subfolder) configures a single-file VAE."""
     addons: list[AddOn] = []
     try:
         if plan.vae is not None:
-            pipe.vae, vae = load_vae(plan.vae, plan.vae_config, dtype, offline)
+            pipe.vae, vae = load_vae(plan.vae, vae_config, dtype, offline)
             addons.append(vae)
         addons += load_loras(pipe, list(plan.loras), offline)
         addons += load_embeddings(pipe, list(plan.embeddings), offline)
@@ -157,12 +165,11 @@ def place(pipe: Any, device: torch.device, memory: MemorySavers) -> None:
         pipe.enable_attention_slicing()
 
 
-def _load_single_file(source: ModelSource, config: Path | None, dtype: torch.dtype) -> Any:
+def _load_single_file(source: ModelSource, config: Path, dtype: torch.dtype) -> Any:
     """An original-layout checkpoint, configured from a local diffusers config folder so
     diffusers never fetches configs from the Hub (`local_files_only` alone does not stop
     it). The folder is `--config`, or the built-in one for the family in the weights."""
     path = Path(source.location)
-    config = config or CONFIGS / checkpoint_family(path, source.weights_format)
     pipeline_class = _pipeline_class(json.loads((config / "model_index.json").read_text()))
     with named_for_its_format(path, source.weights_format) as named:
         # Single files carry no safety checker; say so, so diffusers does not warn.
