@@ -33,6 +33,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from make_tiny_model import bytes_to_unicode  # the same byte-level symbols
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_ROOT = ROOT / "txt2img" / "configs"
 
@@ -504,23 +506,6 @@ def render_json() -> dict[str, bytes]:
 
 
 # --- the CLIP vocabulary -----------------------------------------------------------------------
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """CLIP's (and GPT-2's) reversible map from the 256 byte values to printable characters."""
-    bs = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    cs = bs[:]
-    n = 0
-    for b in range(2**8):
-        if b not in bs:
-            bs.append(b)
-            cs.append(2**8 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs], strict=True))
 
 
 def clip_vocab(bpe_text: str) -> tuple[dict[str, int], list[tuple[str, str]]]:

@@ -20,6 +20,7 @@ import pathlib
 from dataclasses import dataclass
 
 import numpy as np
+from make_tiny_model import bytes_to_unicode  # the same byte-level symbols
 from PIL import Image, ImageDraw
 
 SIZE = 32  # image size in pixels
@@ -138,19 +139,6 @@ def random_caption(rng: np.random.Generator, scene: Scene, dropout: float = 0.1)
 
 
 # --------------------------------------------------------------------------------- tokenizer
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """CLIP's / GPT-2's reversible map from the 256 byte values to printable unicode symbols."""
-    bs = list(range(0x21, 0x7F)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs), strict=True))
 
 
 def caption_words() -> list[str]:

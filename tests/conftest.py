@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -21,16 +20,9 @@ from txt2img.cli import app
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load_tiny_model_module():
-    spec = importlib.util.spec_from_file_location(
-        "make_tiny_model", ROOT / "scripts/make_tiny_model.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tiny = _load_tiny_model_module()
+# The scripts (tiny models, configs, demo data) are plain modules the tests use too.
+sys.path.insert(0, str(ROOT / "scripts"))
+import make_tiny_model as tiny  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

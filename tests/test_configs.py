@@ -43,16 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "txt2img" / "configs"
 
 
-def _load_build_script():
-    spec = importlib.util.spec_from_file_location(
-        "build_configs", ROOT / "scripts" / "build_configs.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-build = _load_build_script()
+import build_configs as build  # noqa: E402  (scripts/ is on sys.path: see conftest.py)
 
 VAE_PARAMETERS = 83_653_863  # the SD VAE (AutoencoderKL f=8, 4 latent channels): all four
 CLIP_L = 123_060_480  # OpenAI CLIP ViT-L/14 text model

@@ -3,9 +3,7 @@ download, through the same code path as any other model."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,16 +13,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _demo_data():
-    """The geometry measures of scripts/eval_demo_model.py (100% on rendered pictures)."""
-    spec = importlib.util.spec_from_file_location("demo_data", ROOT / "scripts" / "demo_data.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["demo_data"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-measure = _demo_data().measure
+# The geometry measures of scripts/eval_demo_model.py (100% on rendered pictures).
+from demo_data import measure  # noqa: E402  (scripts/ is on sys.path: see conftest.py)
 
 
 @pytest.mark.parametrize(
