@@ -115,12 +115,3 @@ def test_low_vram_turns_on_every_memory_saver(cli, tmp_path, models, monkeypatch
     assert "memory savers: cpu_offload, vae_tiling, vae_slicing, attention_slicing" in (
         result.stderr
     )
-
-
-def test_compile_compiles_the_unet(cli, tmp_path, models, monkeypatch):
-    compiled = []
-    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compiled.append(self))
-    result = cli("a fox", "-m", models["sd1"], "--steps", 1, "--seed", 1, "--compile",
-                 "-q", "-o", tmp_path)  # fmt: skip
-    assert result.exit_code == 0, result.stderr
-    assert [type(module).__name__ for module in compiled] == ["UNet2DConditionModel"]

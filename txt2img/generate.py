@@ -15,6 +15,7 @@ import transformers
 
 from . import __version__
 from .errors import BadImageError, Txt2ImgError, UsageError, is_out_of_memory
+from .fast import speedups_for
 from .jobs import ImageJob, batches
 from .metadata import ImageRecord, text_chunks
 from .model_source import ModelPlan
@@ -36,13 +37,15 @@ def generate(
     """Draw and write every job; return how many failed (only with --keep-going)."""
     quiet_libraries(settings.quiet)
     device = pick_device(settings.device)
-    dtype = pick_dtype(settings.dtype, device)
+    speedups = speedups_for(settings, device, has_loras=bool(plan.loras))
+    dtype = torch.bfloat16 if "bf16" in speedups else pick_dtype(settings.dtype, device)
     reporter.info(f"loading {plan.source.location}")
-    model = load_model(settings, plan, device, dtype)
+    model = load_model(settings, plan, device, dtype, speedups)
     d = model.defaults
     savers = ", ".join(settings.memory.names()) or "none"
     reporter.info(
         f"{d.family} model on {device} in {model.dtype_name}; memory savers: {savers}; "
+        f"speed-ups: {', '.join(speedups) or 'none'}; "
         f"defaults: {d.steps} steps, guidance {d.guidance:g}, {d.width}x{d.height}"
     )
     jobs = [job.with_defaults(d.steps, d.guidance, d.width, d.height) for job in jobs]
@@ -240,6 +243,7 @@ def image_record(model: LoadedModel, job: ImageJob, vae_fp32_retry: bool) -> Ima
         device=model.device.type,
         dtype=model.dtype_name,
         vae_fp32_retry=vae_fp32_retry,
+        speedups=list(model.speedups),
         addons=[asdict(addon) for addon in model.addons],
         versions={
             "txt2img": __version__,

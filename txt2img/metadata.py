@@ -38,6 +38,7 @@ class ImageRecord:
     device: str
     dtype: str
     vae_fp32_retry: bool  # the first decode gave NaN; this image was decoded in fp32
+    speedups: list[str]  # --fast / --compile parts in use (see fast.py)
     addons: list[dict[str, Any]]  # VAE, LoRAs, embeddings: kind, name, hash, scale, token
     versions: dict[str, str]
 

@@ -24,6 +24,7 @@ from .errors import (
     UsageError,
     is_out_of_memory,
 )
+from .fast import apply_fast_path
 from .jobs import world
 from .model_source import CONFIGS, ModelPlan, ModelSource, SourceKind
 from .settings import Device, Dtype, MemorySavers, Settings
@@ -53,6 +54,7 @@ class LoadedModel:
     dtype: torch.dtype
     own_scheduler: Any  # the scheduler saved with the model
     addons: list[AddOn]
+    speedups: tuple[str, ...]  # fast.PARTS in use
     schedulers: dict[str, Any] = field(default_factory=dict)  # --scheduler names, built once
 
     @property
@@ -92,7 +94,11 @@ def pick_dtype(choice: Dtype, device: torch.device) -> torch.dtype:
 
 
 def load_model(
-    settings: Settings, plan: ModelPlan, device: torch.device, dtype: torch.dtype
+    settings: Settings,
+    plan: ModelPlan,
+    device: torch.device,
+    dtype: torch.dtype,
+    speedups: tuple[str, ...] = (),
 ) -> LoadedModel:
     source = plan.source
     location = source.location
@@ -124,10 +130,9 @@ def load_model(
     addons = apply_addons(pipe, plan, vae_config, dtype, settings.offline)
     pipe.set_progress_bar_config(disable=True)
     place(pipe, device, settings.memory)
-    if settings.compile_unet:
-        pipe.unet.compile()
+    apply_fast_path(pipe, speedups)
     defaults = model_defaults(pipe, source.name)
-    return LoadedModel(pipe, source, defaults, device, dtype, pipe.scheduler, addons)
+    return LoadedModel(pipe, source, defaults, device, dtype, pipe.scheduler, addons, speedups)
 
 
 def apply_addons(

@@ -97,6 +97,7 @@ class Settings:
     allow_pickle: bool = False
     memory: MemorySavers = field(default_factory=lambda: MemorySavers())
     compile_unet: bool = False
+    fast: bool = False  # the speed-ups that won on this kind of device (see fast.py)
     safety_checker: bool = True
     vae: str | None = None  # a replacement VAE: folder, file or Hub id
     loras: tuple[tuple[str, float], ...] = ()  # (path or Hub id, scale), applied in order

@@ -1,0 +1,51 @@
+"""The benchmark harness runs on the demo model and writes its tables (no timing is
+asserted: the figures are the harness's business, not the tests')."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SECONDS = r"\d+\.\d{3} s \(\d+\.\d{3}-\d+\.\d{3}\)"  # median (min-max)
+
+
+def row(report: str, name: str) -> list[str]:
+    line = next(line for line in report.splitlines() if line.startswith(f"| {name} |"))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_bench_writes_startup_and_batch_tables(tmp_path):
+    out = tmp_path / "BENCHMARKS.md"
+    argv = ["--sections", "startup,batch", "--runs", "1", "--warmup", "0", "--prompts", "2",
+            "--out", str(out)]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), *argv],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    report = out.read_text()
+    assert f"`python scripts/bench.py {' '.join(argv)}`" in report
+    assert "torch 2." in report and "diffusers 0." in report
+    for name, reference in [
+        ("txt2img --help", "txt2img --help"),
+        ("bare Typer app --help", None),
+        ("txt2img", "txt2img"),
+        ("minimal diffusers script", None),
+        ("diffusers-cli run", None),
+        ("txt2img -f", "txt2img -f"),
+        ("hand-written diffusers loop", None),
+        ("diffusers-cli run per prompt", None),
+    ]:
+        _, seconds, ratio, rss = row(report, name)
+        assert re.fullmatch(SECONDS, seconds), seconds
+        assert re.fullmatch(r"\d+\.\d{3}x", ratio), ratio
+        if reference == name:
+            assert ratio == "1.000x"
+        assert re.fullmatch(r"[\d,]+ MiB", rss) and int(rss[:-4].replace(",", "")) > 10
+    assert re.search(r"txt2img against the hand-written loop: \*\*[+-]\d+\.\d%\*\*", report)
