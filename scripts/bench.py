@@ -95,16 +95,20 @@ class Contender:
 
 
 def compare(contenders: list[Contender], runs: int, env: dict[str, str], warmup: int) -> None:
-    """Alternate the contenders, rotating their order each round; warm-up rounds untimed."""
+    """Alternate the contenders, rotating their order each round. A warm-up round, untimed,
+    runs only each contender's first process: enough to warm the page cache."""
     for round_ in range(warmup + runs):
         shift = round_ % len(contenders)
         for contender in contenders[shift:] + contenders[:shift]:
             with tempfile.TemporaryDirectory() as folder:
-                sample = run_timed(contender.commands(Path(folder)), env)
+                commands = contender.commands(Path(folder))
+                if round_ < warmup:
+                    run_timed(commands[:1], env)
+                    continue
+                sample = run_timed(commands, env)
                 contender.check(Path(folder), sample)
-            if round_ >= warmup:
-                contender.samples.append(sample)
-                log(f"{contender.name}: {sample.seconds:.3f} s")
+            contender.samples.append(sample)
+            log(f"{contender.name}: {sample.seconds:.3f} s")
 
 
 def median(values: list[float]) -> float:
@@ -412,10 +416,11 @@ def build_full_size(family: str, folder: Path) -> Path:
     shutil.copytree(source, partial)
     torch.manual_seed(0)
     index = json.loads((source / "model_index.json").read_text())
-    for name, (library, class_name) in index.items():
-        if name.startswith("_") or name.startswith("tokenizer") or name == "scheduler":
-            continue
-        if library is None:
+    for name, entry in index.items():
+        if not isinstance(entry, list) or None in entry:
+            continue  # "_class_name", flags, and parts left out (safety checker)
+        library, class_name = entry
+        if name.startswith("tokenizer") or name == "scheduler":
             continue
         log(f"building a random {family} {name} ({class_name})")
         if library == "diffusers":
@@ -428,6 +433,11 @@ def build_full_size(family: str, folder: Path) -> Path:
         del model
     partial.rename(folder)
     return folder
+
+
+def full_size(args: argparse.Namespace, family: str) -> Path:
+    names = {"sd1": "sd15-random-fp16", "sdxl": "sdxl-random-fp16"}
+    return build_full_size(family, args.cache / names[family])
 
 
 def weights_bytes(folder: Path) -> int:
@@ -542,7 +552,7 @@ def worker_argv(model: Path, via: str, parts: tuple[str, ...], **options) -> lis
     for key, value in options.items():
         if value is True:
             argv.append("--" + key.replace("_", "-"))
-        elif value not in (None, False):
+        elif value is not None and value is not False:  # 0 steps is a value
             argv += ["--" + key.replace("_", "-"), str(value)]
     return argv
 
@@ -589,7 +599,7 @@ def step_rows(contenders: list[Contender]) -> list[list[str]]:
                 c.name,
                 f"{step:.2f} s ({min(steps):.2f}-{max(steps):.2f})",
                 f"{base / step:.2f}x",
-                f"{previous / step:.2f}x" if previous else "",
+                f"{previous / step:.2f}x" if c.name.startswith("+") else "",
                 f"{median(firsts):.1f} s",
                 f"{median([r['load_s'] for r in results]):.1f} s",
                 mib(max(s.peak_rss for s in c.samples)),
@@ -613,22 +623,23 @@ STEP_HEADER = [
 def steps_section(args: argparse.Namespace, env: dict[str, str]) -> str:
     from txt2img.fast import FAST_PATH
 
-    sd15 = build_full_size("sd1", args.cache / "sd15-random-fp16")
-    sdxl = build_full_size("sdxl", args.cache / "sdxl-random-fp16")
+    sd15 = full_size(args, "sd1")
+    sdxl = full_size(args, "sdxl")
     compile_cache = args.work / "inductor-cache"
     shutil.rmtree(compile_cache, ignore_errors=True)
     env = {**env, "TORCHINDUCTOR_CACHE_DIR": str(compile_cache)}
     fast = tuple(FAST_PATH["cpu"])
     log("steps: SD 1.5 512x512, each speed-up added in turn")
-    ladder = step_contenders(sd15, LADDER, 512, args.sd15_steps)
+    rungs = [*LADDER, (f"txt2img --fast ({', '.join(fast)})", "txt2img", fast)]
+    ladder = step_contenders(sd15, rungs, 512, args.sd15_steps)
     # A first compiled run fills the empty cache: its first step is the cold compile.
     try:
-        cold_run = run_timed(ladder[-1].commands(args.work), env)
+        cold_run = run_timed(ladder[-2].commands(args.work), env)
         cold_first = f"{json.loads(cold_run.output)['first_step_s']:.0f} s"
     except RuntimeError as exc:
         log(f"torch.compile failed here, left out: {exc}")
         cold_first = f"failed, so compile is left out here ({str(exc).splitlines()[-1][:200]})"
-        ladder = ladder[:-1]
+        del ladder[-2]
     compare(ladder, args.slow_runs, env, warmup=0)
     log("steps: SDXL 1024x1024, diffusers defaults against --fast")
     xl = step_contenders(
@@ -674,7 +685,7 @@ SDXL, 1024x1024, `--fast` on this machine's CPU ({fast}):
 
 
 def memory_section(args: argparse.Namespace, env: dict[str, str]) -> str:
-    sd15 = build_full_size("sd1", args.cache / "sd15-random-fp16")
+    sd15 = full_size(args, "sd1")
     on_disk = weights_bytes(sd15)
     contenders = [
         Contender(
@@ -744,7 +755,7 @@ def gpu_section(args: argparse.Namespace, env: dict[str, str]) -> str:
     fast = tuple(FAST_PATH["cuda"])
     rows = []
     for family, size, steps in (("sd1", 512, 50), ("sdxl", 1024, 30)):
-        model = build_full_size(family, args.cache / f"{family}-random-fp16")
+        model = full_size(args, family)
         contenders = [
             Contender(
                 "diffusers defaults (fp16, SDPA)",
@@ -758,6 +769,12 @@ def gpu_section(args: argparse.Namespace, env: dict[str, str]) -> str:
                     worker_argv(m, "txt2img", fast, device="cuda", size=s, steps=n)
                 ],
             ),
+            Contender(
+                "txt2img --fast --compile (warm cache)",
+                lambda _, m=model, s=size, n=steps: [
+                    worker_argv(m, "txt2img", (*fast, "compile"), device="cuda", size=s, steps=n)
+                ],
+            ),
         ]
         compare(contenders, args.slow_runs, env, warmup=1)
         for c in contenders:
@@ -769,6 +786,7 @@ def gpu_section(args: argparse.Namespace, env: dict[str, str]) -> str:
                     c.name,
                     seconds_cell(calls),
                     f"{steps / median(calls):.1f} it/s",
+                    f"{median([r['first_step_s'] for r in results]):.2f} s",
                     mib(max(r["peak_vram"] for r in results)),
                 ]
             )
@@ -776,7 +794,15 @@ def gpu_section(args: argparse.Namespace, env: dict[str, str]) -> str:
     return GPU.format(
         gpu=name,
         table=table(
-            ["model", "settings", "end to end, median (min-max)", "rate", "peak VRAM"], rows
+            [
+                "model",
+                "settings",
+                "end to end, median (min-max)",
+                "rate",
+                "first step (prompt encoding, compile)",
+                "peak VRAM",
+            ],
+            rows,
         ),
     )
 
@@ -793,7 +819,8 @@ GPU = """\
 ## 6. GPU ({gpu})
 
 End to end (prompt encoding, every step, VAE decode), one call after loading, batch 1 with
-classifier-free guidance, fp16:
+classifier-free guidance, fp16. The untimed warm-up round fills the compile cache, so the
+compiled rows show a warm cache's per-process cost in their first step:
 
 {table}
 """
@@ -892,6 +919,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(chosen) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    if min(args.sd15_steps, args.sdxl_steps) < 2:
+        parser.error("step counts must be at least 2: the first step also encodes the prompt")
     started = time.time()
     args.cache.mkdir(parents=True, exist_ok=True)
     env = base_env()

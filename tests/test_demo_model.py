@@ -1,5 +1,5 @@
-"""The demo model shipped in the package draws what the prompt says (its colours) with no
-download, through the same code path as any other model."""
+"""The demo model shipped in the package draws what the prompt says (colours, shape, place,
+size) with no download, through the same code path as any other model."""
 
 from __future__ import annotations
 
@@ -36,3 +36,28 @@ def test_demo_model_draws_the_asked_colours(cli, tmp_path, prompt, colour, backg
         found = measure(pixels)
         assert (found["colour"], found["background"]) == (colour, background), record["path"]
     assert {r["model_name"] for r in records} == {"demo_model"}
+
+
+@pytest.mark.parametrize(
+    ("prompt", "expected"),
+    [
+        (
+            "a large magenta triangle in the top left on a white background",
+            {"shape": "triangle", "position": "top left", "size": "large"},
+        ),
+        (
+            "a small cyan circle in the bottom right on a black background",
+            {"shape": "circle", "position": "bottom right", "size": "small"},
+        ),
+        (
+            "a large yellow triangle in the bottom left on a blue background",
+            {"shape": "triangle", "position": "bottom left", "size": "large"},
+        ),
+    ],
+)
+def test_demo_model_draws_the_asked_place_and_size(cli, tmp_path, prompt, expected):
+    result = cli(prompt, "-m", "demo", "--seed", 1, "-N", 4, "-q", "--json", "-o", tmp_path)
+    assert result.exit_code == 0, result.stderr
+    for record in map(json.loads, result.stdout.splitlines()):
+        found = measure(np.asarray(Image.open(record["path"]).convert("RGB")))
+        assert {key: found[key] for key in expected} == expected, record["path"]

@@ -236,8 +236,8 @@ def txt2img(
         bool,
         typer.Option(
             "--fast",
-            help="The speed-ups measured to win on this device (bf16 and channels_last on "
-            "CPUs with bf16 instructions; channels_last, fused QKV and compile on CUDA).",
+            help="The speed-ups measured to win on this device (README: Speed); the "
+            "pictures stay visually the same, not bit-identical.",
         ),
     ] = False,
     safety_checker: Annotated[
