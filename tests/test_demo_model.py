@@ -55,7 +55,7 @@ def test_demo_model_draws_the_asked_colours(cli, tmp_path, prompt, colour, backg
         ),
     ],
 )
-def test_demo_model_draws_the_asked_place_and_size(cli, tmp_path, prompt, expected):
+def test_demo_model_draws_the_asked_shape_place_and_size(cli, tmp_path, prompt, expected):
     result = cli(prompt, "-m", "demo", "--seed", 1, "-N", 4, "-q", "--json", "-o", tmp_path)
     assert result.exit_code == 0, result.stderr
     for record in map(json.loads, result.stdout.splitlines()):
