@@ -478,7 +478,6 @@ def worker(args: argparse.Namespace) -> None:
 
 def load_with_txt2img(model: str, device, parts: tuple[str, ...], dtype_name: str):
     """txt2img's own loading path, with exactly the speed-ups in `parts`."""
-    import torch
 
     from txt2img.model_source import plan_model
     from txt2img.models import load_model, pick_dtype
@@ -492,7 +491,7 @@ def load_with_txt2img(model: str, device, parts: tuple[str, ...], dtype_name: st
         dtype=Dtype(dtype_name),
         safety_checker=False,
     )
-    dtype = torch.bfloat16 if "bf16" in parts else pick_dtype(settings.dtype, device)
+    dtype = pick_dtype(settings.dtype, device, parts)
     return load_model(settings, plan_model(settings), device, dtype, parts).pipe
 
 

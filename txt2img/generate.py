@@ -38,7 +38,7 @@ def generate(
     quiet_libraries(settings.quiet)
     device = pick_device(settings.device)
     speedups = speedups_for(settings, device, has_loras=bool(plan.loras))
-    dtype = torch.bfloat16 if "bf16" in speedups else pick_dtype(settings.dtype, device)
+    dtype = pick_dtype(settings.dtype, device, speedups)
     reporter.info(f"loading {plan.source.location}")
     model = load_model(settings, plan, device, dtype, speedups)
     d = model.defaults

@@ -84,8 +84,11 @@ def distributed_device(use_cpu: bool) -> torch.device:
     return PartialState(cpu=use_cpu).device
 
 
-def pick_dtype(choice: Dtype, device: torch.device) -> torch.dtype:
-    """fp16 on CUDA; fp32 on CPU and on MPS, where fp16 has given NaN/black images."""
+def pick_dtype(choice: Dtype, device: torch.device, speedups: tuple[str, ...] = ()) -> torch.dtype:
+    """fp16 on CUDA; fp32 on CPU and on MPS, where fp16 has given NaN/black images; bf16
+    where the fast path chose it (fast.speedups_for)."""
+    if "bf16" in speedups:
+        return torch.bfloat16
     if choice is Dtype.auto:
         return torch.float16 if device.type == "cuda" else torch.float32
     if choice is Dtype.bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -98,7 +101,7 @@ def load_model(
     plan: ModelPlan,
     device: torch.device,
     dtype: torch.dtype,
-    speedups: tuple[str, ...] = (),
+    speedups: tuple[str, ...],
 ) -> LoadedModel:
     source = plan.source
     location = source.location
