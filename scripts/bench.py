@@ -47,6 +47,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from txt2img.options import STANDARD  # txt2img's defaults, so every contender draws alike
+
 ROOT = Path(__file__).resolve().parent.parent
 BASELINES = ROOT / "scripts" / "baselines"
 SECTIONS = ("startup", "batch", "fidelity", "steps", "memory", "gpu")
@@ -167,7 +169,11 @@ def demo_model() -> str:
 
 
 def diffusers_cli_argv(prompt: str, seed: int, target: Path) -> list[str]:
-    kwargs = {"prompt": prompt, "num_inference_steps": 30, "guidance_scale": 7.5}
+    kwargs = {
+        "prompt": prompt,
+        "num_inference_steps": STANDARD.steps,
+        "guidance_scale": STANDARD.guidance,
+    }
     return [
         str(BIN / "diffusers-cli"),
         "run",
@@ -480,19 +486,11 @@ def load_with_txt2img(model: str, device, parts: tuple[str, ...], dtype_name: st
     """txt2img's own loading path, with exactly the speed-ups in `parts`."""
 
     from txt2img.model_source import plan_model
-    from txt2img.models import load_model, pick_dtype
-    from txt2img.prompts import PromptLine
-    from txt2img.settings import Device, Dtype, Settings
+    from txt2img.models import open_model
+    from txt2img.settings import Device, Dtype, LoadOptions
 
-    settings = Settings(
-        prompts=(PromptLine(line=0, prompt="x", overrides={}),),
-        model=model,
-        device=Device(device.type),
-        dtype=Dtype(dtype_name),
-        safety_checker=False,
-    )
-    dtype = pick_dtype(settings.dtype, device, parts)
-    return load_model(settings, plan_model(settings), device, dtype, parts).pipe
+    options = LoadOptions(device=Device(device.type), dtype=Dtype(dtype_name), safety_checker=False)
+    return open_model(plan_model(model), options, speedups=parts).pipe
 
 
 def sync(device) -> None:
@@ -519,7 +517,7 @@ def timed_call(pipe, device, args: argparse.Namespace) -> dict:
     pipe(
         prompt="a photo of a red fox in the snow, golden hour",
         num_inference_steps=args.steps,
-        guidance_scale=7.5,
+        guidance_scale=STANDARD.guidance,
         width=args.size,
         height=args.size,
         generator=torch.Generator("cpu").manual_seed(0),

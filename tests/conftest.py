@@ -26,6 +26,16 @@ import make_tiny_model as tiny  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
+def _restored_environment():
+    """A run in this process sets variables for the libraries it imports (txt2img's
+    runner does so before the imports); they must not leak into later tests' children."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture(autouse=True)
 def _isolated_hf_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path_factory.getbasetemp() / "hf-home"))
 

@@ -28,7 +28,7 @@ from addon_files import (
 )
 from diffusers import AutoencoderKL, DiffusionPipeline
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from txt2img.cli import app
@@ -554,3 +554,123 @@ def test_lora_scale_must_be_a_number(cli, tmp_path, models, files):
     result = cli(PROMPT, "-m", models["sd1"], "--lora", f"{files.lora_a}:abc", "-q", "-o", out)
     message = assert_one_line_error(result, ExitCode.USAGE, out)
     assert "scale" in message and "abc" in message
+
+
+# --- every path reads pickles one way: by their bytes, bounded, only when allowed ------------
+
+
+@pytest.fixture
+def no_torch_load(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.load must not be called")
+
+    monkeypatch.setattr(torch, "load", refuse)
+
+
+def diffusers_embedding_folder(folder: Path, files, pickled: bool) -> Path:
+    """What diffusers' textual-inversion training saves: {token: vector}."""
+    folder.mkdir()
+    vector = load_file(files.other_embedding)["emb_params"][0]
+    if pickled:
+        torch.save({"<cat-toy>": vector}, folder / "learned_embeds.bin")
+    else:
+        save_file({"<cat-toy>": vector}, folder / "learned_embeds.safetensors")
+    return folder
+
+
+def with_cat_toy(files):
+    def load(pipe) -> None:
+        vector = load_file(files.other_embedding)["emb_params"][0]
+        pipe.load_textual_inversion({"<cat-toy>": vector}, token="<cat-toy>")
+
+    return load
+
+
+CAT_TOY_PROMPT = "a photo of <cat-toy> at dawn"
+
+
+def test_embedding_folder_gets_its_trained_token(cli, tmp_path, models, files):
+    folder = diffusers_embedding_folder(tmp_path / "cat-toy", files, pickled=False)
+    path = draw(cli, tmp_path / "out", models["sd1"], "--embedding", folder,
+                prompt=CAT_TOY_PROMPT)  # fmt: skip
+    expected = diffusers_image(models["sd1"], CAT_TOY_PROMPT, setup=with_cat_toy(files))
+    np.testing.assert_array_equal(pixels(path), expected)
+    [record] = addons(path)
+    assert (record["name"], record["token"]) == ("cat-toy", "<cat-toy>")
+
+
+def test_pickled_embedding_folder_needs_the_flag(cli, tmp_path, models, files, monkeypatch):
+    folder = diffusers_embedding_folder(tmp_path / "cat-toy", files, pickled=True)
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load was called"))
+    out = tmp_path / "refused"
+    refused = cli(CAT_TOY_PROMPT, "-m", models["sd1"], "--embedding", folder, "-q", "-o", out)
+    message = assert_one_line_error(refused, ExitCode.UNSAFE_CHECKPOINT, out)
+    assert "learned_embeds.bin" in message and "--allow-pickle" in message
+    monkeypatch.setattr(torch, "load", real_load)
+    path = draw(cli, tmp_path / "out", models["sd1"], "--embedding", folder, "--allow-pickle",
+                prompt=CAT_TOY_PROMPT)  # fmt: skip
+    expected = diffusers_image(models["sd1"], CAT_TOY_PROMPT, setup=with_cat_toy(files))
+    np.testing.assert_array_equal(pixels(path), expected)
+    assert addons(path)[0]["token"] == "<cat-toy>"
+
+
+def test_pickle_named_safetensors_loads_with_the_flag(cli, tmp_path, models, files, with_lora_a):
+    disguised = tmp_path / "style-a.safetensors"
+    torch.save(load_file(files.lora_a), disguised)
+    path = draw(cli, tmp_path / "out", models["sd1"], "--lora", disguised, "--allow-pickle")
+    np.testing.assert_array_equal(pixels(path), with_lora_a)
+
+
+def test_legacy_pickle_checkpoint_loads_with_the_flag(cli, tmp_path, models):
+    from ldm_export import export_single_file
+
+    from txt2img.checkpoints import WeightsFormat
+    from txt2img.models import checkpoint_family
+
+    checkpoint = export_single_file(models["sd1"], tmp_path / "model.safetensors")
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save({"state_dict": load_file(checkpoint)}, legacy, _use_new_zipfile_serialization=False)
+    assert not legacy.read_bytes().startswith(b"PK")
+    # Told from its tensor names, as a zip checkpoint is (no memory-mapping of a legacy file).
+    assert checkpoint_family(legacy, WeightsFormat.pickle) == "sd1"
+    from_legacy = draw(cli, tmp_path / "legacy", legacy, "--config", models["sd1"],
+                       "--allow-pickle")  # fmt: skip
+    from_folder = draw(cli, tmp_path / "folder", models["sd1"])
+    np.testing.assert_array_equal(pixels(from_legacy), pixels(from_folder))
+
+
+def bin_only_copy(model: Path, folder: Path) -> Path:
+    """The model as an old diffusers folder: every component's weights as a .bin pickle."""
+    shutil.copytree(model, folder)
+    for weights in folder.glob("*/*.safetensors"):
+        name = "pytorch_model.bin" if weights.stem == "model" else "diffusion_pytorch_model.bin"
+        torch.save(load_file(weights), weights.with_name(name))
+        weights.unlink()
+    return folder
+
+
+def test_bin_only_model_folder_is_refused_then_loads_with_the_flag(cli, tmp_path, models):
+    folder = bin_only_copy(models["sd1"], tmp_path / "old-model")
+    out = tmp_path / "refused"
+    refused = cli(PROMPT, "-m", folder, "-q", "-o", out)
+    message = assert_one_line_error(refused, ExitCode.UNSAFE_CHECKPOINT, out)
+    assert "pickle" in message and "--allow-pickle" in message
+    allowed = draw(cli, tmp_path / "allowed", folder, "--allow-pickle")
+    np.testing.assert_array_equal(
+        pixels(allowed), pixels(draw(cli, tmp_path / "st", models["sd1"]))
+    )
+
+
+@pytest.mark.parametrize("flag", ["--lora", "--embedding"])
+def test_zip_bomb_is_refused_before_it_inflates(cli, tmp_path, models, no_torch_load, flag):
+    import zipfile
+
+    bomb = tmp_path / "bomb.ckpt"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", b"\0" * (64 << 20))
+    assert bomb.stat().st_size < 1 << 20
+    out = tmp_path / "out"
+    result = cli(PROMPT, "-m", models["sd1"], flag, bomb, "--allow-pickle", "-q", "-o", out)
+    message = assert_one_line_error(result, ExitCode.UNSAFE_CHECKPOINT, out)
+    assert "would inflate" in message

@@ -29,7 +29,7 @@ def assert_one_line_error(result, code: int, *fragments: str) -> None:
         (["fox", "--steps", "0"], ["--steps must be between 1 and 500"]),
         (["fox", "--guidance", "nan"], ["--guidance must be a finite number"]),
         (["fox", "--guidance", "-1"], ["--guidance must be a finite number"]),
-        (["fox", "--num-images", "0"], ["--num-images must be at least 1"]),
+        (["fox", "--num-images", "0"], ["--num-images must be between 1 and 100000"]),
         (["fox", "--seed", "-3"], ["--seed must be between 0"]),
         (["fox", "--scheduler", "dpm3000"], ["'dpm3000' is not one of", "dpm++2m-karras"]),
         (["fox", "--device", "tpu"], ["'tpu' is not one of"]),

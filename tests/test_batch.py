@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 from a1111 import parse_generation_parameters
-from diffusers import DiffusionPipeline
+from diffusers import DiffusionPipeline, StableDiffusionPipeline
+from paused import PausedChild
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -192,7 +193,7 @@ def test_nan_image_is_never_written(cli, tmp_path, models):
     save_file(weights, weights_file)
     result = cli("a fox", "-m", broken, "--steps", 1, "--seed", 1, "-q", "-o", tmp_path / "out")
     assert result.exit_code == ExitCode.BAD_IMAGE and "NaN" in result.stderr
-    assert result.stdout == "" and list((tmp_path / "out").iterdir()) == []
+    assert result.stdout == "" and not (tmp_path / "out").exists()  # not even the folder
 
 
 def run_process(*argv, env=None) -> subprocess.CompletedProcess:
@@ -201,16 +202,20 @@ def run_process(*argv, env=None) -> subprocess.CompletedProcess:
     )
 
 
+def torchrun(*args, env) -> subprocess.CompletedProcess:
+    return run_process(
+        "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", 2,
+        "-m", "txt2img", *args, env=env,
+    )  # fmt: skip
+
+
 def test_two_processes_write_exactly_what_one_writes(tmp_path, models, prompts_file):
     # One thread per process on both sides, so float summation order is the same.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = ("-f", prompts_file, "-m", models["sd1"], "--steps", 2, "--seed", 5, "-q")
     single = run_process("-m", "txt2img", *args, "-o", tmp_path / "one", env=env)
     assert single.returncode == 0, single.stderr
-    double = run_process(
-        "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", 2,
-        "-m", "txt2img", *args, "-o", tmp_path / "two", env=env,
-    )  # fmt: skip
+    double = torchrun(*args, "-o", tmp_path / "two", env=env)
     assert double.returncode == 0, double.stderr
     one, two = folder_pixels(tmp_path / "one"), folder_pixels(tmp_path / "two")
     assert len(one) == 4 and one.keys() == two.keys()
@@ -220,6 +225,22 @@ def test_two_processes_write_exactly_what_one_writes(tmp_path, models, prompts_f
         str(tmp_path / "two" / name) for name in one
     )  # every image reported once, by the process that drew it
 
+    # Redo "a failed node's share": rank 0's images are gone, rank 1 has nothing to do
+    # and must end on its own instead of waiting for rank 0.
+    for name in sorted(two)[::2]:
+        (tmp_path / "two" / name).unlink()
+    redone = torchrun(*args, "--resume", "-o", tmp_path / "two", env=env)
+    assert redone.returncode == 0, redone.stderr
+    assert sorted(redone.stdout.split()) == [str(tmp_path / "two" / n) for n in sorted(two)[::2]]
+    for name, image in folder_pixels(tmp_path / "two").items():
+        np.testing.assert_array_equal(image, one[name])
+
+
+def test_several_processes_report_a_missing_device_as_one_does(cli, tmp_path, models):
+    result = cli("a fox", "-m", models["sd1"], "--device", "cuda", "--seed", 1, "-N", 2, "-q",
+                 "-o", tmp_path, env={"WORLD_SIZE": "2", "RANK": "1"})  # fmt: skip
+    assert result.exit_code == ExitCode.USAGE and "--device cuda" in result.stderr
+
 
 def test_several_processes_need_a_shared_seed(cli, tmp_path, models):
     result = cli("a fox", "-m", models["sd1"], "-o", tmp_path,
@@ -228,27 +249,70 @@ def test_several_processes_need_a_shared_seed(cli, tmp_path, models):
 
 
 def test_resume_after_ctrl_c_matches_an_uninterrupted_run(tmp_path, models):
-    args = ("-m", "txt2img", "a red fox", "-m", models["sd1"], "--steps", 60, "--seed", 8,
+    args = ("-m", "txt2img", "a red fox", "-m", models["sd1"], "--steps", 3, "--seed", 8,
             "-N", 4, "-q")  # fmt: skip
     env = {**os.environ, "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(
-        [sys.executable, *map(str, args), "-o", tmp_path / "cut"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
-    first = process.stdout.readline()  # one image has landed; the next is in flight
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == ExitCode.INTERRUPTED and "Traceback" not in stderr
+    child = PausedChild((*args[2:], "-o", tmp_path / "cut"), "step:1:2")
+    child.wait_for_pause()  # image 0 has landed; image 1 is half drawn
+    child.process.send_signal(signal.SIGINT)
+    stdout, stderr, code = child.finish()
+    assert code == ExitCode.INTERRUPTED and "Traceback" not in stderr
     cut = sorted(p.name for p in (tmp_path / "cut").iterdir())
-    assert Path(first.strip()).name in cut and 1 <= len(cut) < 4  # no temporary files
-    assert all(name.endswith(".png") and not name.startswith(".") for name in cut)
+    assert cut == ["00000-8-a-red-fox.png"] == [Path(stdout.strip()).name]  # no temporary file
 
     resumed = run_process(*args, "--resume", "-o", tmp_path / "cut", env=env)
     assert resumed.returncode == 0, resumed.stderr
-    assert len(resumed.stdout.split()) == 4 - len(cut)
+    assert len(resumed.stdout.split()) == 3
     whole = run_process(*args, "-o", tmp_path / "whole", env=env)
     assert whole.returncode == 0, whole.stderr
     cut_pixels, whole_pixels = folder_pixels(tmp_path / "cut"), folder_pixels(tmp_path / "whole")
     assert cut_pixels.keys() == whole_pixels.keys() and len(cut_pixels) == 4
     for name in cut_pixels:
         np.testing.assert_array_equal(cut_pixels[name], whole_pixels[name])
+
+
+def pipeline_calls(monkeypatch) -> list[int]:
+    """The batch size of every pipeline call from now on."""
+    calls: list[int] = []
+    original = StableDiffusionPipeline.__call__
+
+    def spy(self, *args, **kwargs):
+        calls.append(len(kwargs["prompt"]))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(StableDiffusionPipeline, "__call__", spy)
+    return calls
+
+
+def test_resume_keeps_the_batches_of_the_whole_run(cli, tmp_path, models, monkeypatch):
+    args = ("a red fox", "-m", models["sd1"], "--steps", 2, "--seed", 3, "-N", 5, "-b", 3, "-q",
+            "-o", tmp_path)  # fmt: skip
+    first = [Path(p) for p in lines(cli(*args))]
+    originals = folder_pixels(tmp_path)
+    first[1].unlink()
+    untouched = first[0].stat().st_mtime_ns
+    calls = pipeline_calls(monkeypatch)
+    resumed = cli(*args, "--resume", "--json")
+    records = [json.loads(line) for line in lines(resumed)]
+    assert [(r["status"], r["index"]) for r in records] == [
+        ("skipped", 0), ("skipped", 2), ("skipped", 3), ("skipped", 4), ("ok", 1),
+    ]  # fmt: skip
+    assert calls == [3]  # image 1 drawn in its own batch of the whole run: images 0, 1, 2
+    assert first[0].stat().st_mtime_ns == untouched  # the batch's done images are not rewritten
+    for name, image in folder_pixels(tmp_path).items():
+        np.testing.assert_array_equal(image, originals[name])
+
+
+def test_resume_redraws_a_missing_strip_and_counts_images(cli, tmp_path, models):
+    args = ("a red fox", "-m", models["sd1"], "--steps", 2, "--seed", 3, "-N", 2,
+            "--save-steps", 1, "-q", "-o", tmp_path)  # fmt: skip
+    first = lines(cli(*args))
+    strip = Path(first[0]).with_name(Path(first[0]).stem + "-steps.png")
+    strip_pixels, image_time = pixels(strip), Path(first[0]).stat().st_mtime_ns
+    again = cli(*args[:-3], "-o", tmp_path, "--resume")  # without -q, to see the count
+    assert again.stdout == "" and "all 2 images are already in" in again.stderr
+    strip.unlink()
+    redrawn = cli(*args, "--resume")
+    assert redrawn.exit_code == 0, redrawn.stderr
+    np.testing.assert_array_equal(pixels(strip), strip_pixels)
+    assert Path(first[0]).stat().st_mtime_ns == image_time  # the image itself was there

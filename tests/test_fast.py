@@ -4,6 +4,7 @@ pictures stay what the default path draws."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,7 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 
 from txt2img import fast
-from txt2img.prompts import PromptLine
-from txt2img.settings import Dtype, Settings
+from txt2img.settings import Dtype, LoadOptions
 
 PROMPTS = [
     "a red square on a white background",
@@ -23,10 +23,6 @@ PROMPTS = [
     "a small green triangle in the bottom right on a black background",
     "a large orange circle on a purple background",
 ]
-
-
-def settings(**options) -> Settings:
-    return Settings(prompts=(PromptLine(0, "x", {}),), **options)
 
 
 @pytest.mark.parametrize(
@@ -39,13 +35,13 @@ def settings(**options) -> Settings:
         ("cuda", {"fast": True}, True, True, ("channels_last",)),
         (
             "cuda",
-            {"fast": True, "compile_unet": True},
+            {"fast": True, "compile": True},
             True,
             False,
             ("channels_last", "fused_qkv", "compile"),
         ),
         ("mps", {"fast": True}, True, False, ()),
-        ("cpu", {"compile_unet": True}, True, False, ("compile",)),
+        ("cpu", {"compile": True}, True, False, ("compile",)),
         ("cpu", {}, True, False, ()),
     ],
 )
@@ -53,7 +49,7 @@ def test_speedups_follow_the_device_and_the_settings(
     monkeypatch, device, options, bf16_instructions, loras, expected
 ):
     monkeypatch.setattr(fast, "cpu_has_fast_bf16", lambda: bf16_instructions)
-    assert fast.speedups_for(settings(**options), torch.device(device), loras) == expected
+    assert fast.speedups_for(LoadOptions(**options), torch.device(device), loras) == expected
 
 
 def draw(cli, folder: Path, *options: str) -> list[dict]:
@@ -96,8 +92,12 @@ def test_fused_qkv_and_channels_last_keep_the_pixels(models):
 
 
 def test_compile_uses_a_lasting_cache(cli, tmp_path, models, monkeypatch):
-    compiled = []
-    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compiled.append(self))
+    compiled = []  # (module, Inductor's cache folder when it was compiled)
+
+    def fake_compile(self, **kwargs):
+        compiled.append((type(self).__name__, os.environ.get("TORCHINDUCTOR_CACHE_DIR")))
+
+    monkeypatch.setattr(torch.nn.Module, "compile", fake_compile)
     # setenv first, so that the variable txt2img sets is removed again after the test
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "unset")
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
@@ -105,7 +105,6 @@ def test_compile_uses_a_lasting_cache(cli, tmp_path, models, monkeypatch):
     result = cli("a fox", "-m", models["sd1"], "--steps", 1, "--seed", 1, "--compile",
                  "--json", "-q", "-o", tmp_path / "out")  # fmt: skip
     assert result.exit_code == 0, result.stderr
-    assert [type(module).__name__ for module in compiled] == ["UNet2DConditionModel", "Decoder"]
-    cache = tmp_path / "cache" / "txt2img" / "torch-compile"
-    assert fast.use_compile_cache() == cache
+    cache = str(tmp_path / "cache" / "txt2img" / "torch-compile")
+    assert compiled == [("UNet2DConditionModel", cache), ("Decoder", cache)]
     assert json.loads(result.stdout)["speedups"] == ["compile"]

@@ -1,30 +1,24 @@
-"""The CLI as a real process: start-up imports, Ctrl-C, closed pipes, the Hub cache,
-debug tracebacks."""
+"""The CLI as a real process: start-up imports, Ctrl-C and other signals, closed pipes,
+the Hub cache, debug tracebacks. Signals and pipes act at a pause point the child
+announces (tests/paused.py), never after a sleep."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+import pytest
+from paused import PausedChild, process_env
 from PIL import Image
 
 from txt2img.errors import ExitCode
 
 HEAVY = ("torch", "diffusers", "transformers")
-
-
-def process_env(**extra: str) -> dict[str, str]:
-    # One thread each: the test process and the CLI process share the machine's cores.
-    env = {**os.environ, "NO_COLOR": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("TXT2IMG_DEBUG", None)
-    return {**env, **extra}
 
 
 def txt2img(*args, **kwargs) -> subprocess.CompletedProcess:
@@ -56,39 +50,68 @@ def test_help_and_argument_errors_do_not_import_torch():
     assert heavy_modules_after(["txt2img", "fox", "-m", "./missing-model"]) == []
 
 
+def draw_args(model, out, *extra):
+    return ("fox", "-m", model, "--steps", 3, "--seed", 1, "-q", "-o", out, *extra)
+
+
 def test_ctrl_c_exits_130_and_leaves_no_partial_file(tmp_path, models):
     out = tmp_path / "out"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "txt2img", "fox", "-m", models["sd1"], "--steps", "500",
-         "--seed", "1", "-o", out],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=process_env(),
-    )  # fmt: skip
-    for line in process.stderr:  # wait until the model is loaded and drawing
-        if "defaults:" in line:
-            break
-    time.sleep(1.0)
-    process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=60)
-    assert process.returncode == ExitCode.INTERRUPTED
+    child = PausedChild(draw_args(models["sd1"], out), "step:0:2")
+    child.wait_for_pause()  # drawing, nothing written yet
+    child.process.send_signal(signal.SIGINT)
+    stdout, stderr, code = child.finish()
+    assert code == ExitCode.INTERRUPTED
     assert stdout == ""
     assert "interrupted" in stderr and "Traceback" not in stderr
-    assert list(out.iterdir()) == []
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_while_a_png_is_written_leave_nothing_behind(tmp_path, models, signum):
+    out = tmp_path / "out"
+    child = PausedChild(draw_args(models["sd1"], out), "write:00000-1-fox.png")
+    child.wait_for_pause()  # the PNG is in its temporary file, not yet published
+    assert [p.name.startswith(".") for p in out.iterdir()] == [True]
+    child.process.send_signal(signum)
+    stdout, stderr, code = child.finish()
+    assert code == 128 + signum
+    assert stdout == "" and "Traceback" not in stderr
+    assert f"stopped by {signal.Signals(signum).name}" in stderr
+    assert list(out.iterdir()) == []  # no temporary file, no half image
+
+
+def test_a_temporary_file_left_by_sigkill_is_removed_by_the_next_run(tmp_path, models):
+    out = tmp_path / "out"
+    child = PausedChild(draw_args(models["sd1"], out), "write:00000-1-fox.png")
+    child.wait_for_pause()
+    child.process.kill()
+    child.finish()
+    [left] = list(out.iterdir())
+    assert left.name.startswith(".00000-1-fox.png.") and left.name.endswith(".tmp")
+    again = txt2img(*draw_args(models["sd1"], out), env=process_env())
+    assert again.returncode == 0, again.stderr
+    assert [p.name for p in out.iterdir()] == ["00000-1-fox.png"]
 
 
 def test_closed_stdout_ends_the_run_quietly(tmp_path, models):
-    process = subprocess.Popen(
-        [sys.executable, "-m", "txt2img", "fox", "-m", models["sd1"], "--steps", "1",
-         "-N", "5", "--seed", "1", "-o", tmp_path],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=process_env(),
-    )  # fmt: skip
-    first = process.stdout.readline().strip()
-    process.stdout.close()  # like `| head -1`
-    stderr = process.stderr.read()
-    process.wait(timeout=60)
-    assert process.returncode == ExitCode.STDOUT_CLOSED
+    child = PausedChild(
+        ("fox", "-m", models["sd1"], "--steps", 1, "-N", 5, "--seed", 1, "-q", "-o", tmp_path),
+        "step:1:1",
+    )
+    first = child.process.stdout.readline().strip()  # image 0 is written and reported
+    child.wait_for_pause()  # image 1 is being drawn
+    child.process.stdout.close()  # like `| head -1`
+    child.go_on()
+    child.process.stdout = None
+    _, stderr, code = child.finish()
+    assert code == ExitCode.STDOUT_CLOSED
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr
     assert Path(first).is_file()
-    assert len(list(tmp_path.glob("*.png"))) < 5  # it stopped instead of drawing for no one
+    # Image 1 was finished (whole), its path could not be told; nothing more was drawn.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "00000-1-fox.png",
+        "00001-2-fox.png",
+    ]
 
 
 def test_debug_variable_shows_the_traceback(tmp_path):

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from txt2img.errors import ExitCode, UsageError
+from txt2img.options import MAX_SIDE, MAX_STEPS
 from txt2img.prompts import PromptLine, read_prompt_lines
-from txt2img.settings import MAX_SIDE, MAX_STEPS
 
 BOM = b"\xef\xbb\xbf"
 
@@ -135,7 +135,7 @@ def test_text_line_options(tmp_path, line, prompt, overrides):
         ("a fox --steps 0", [f"--steps must be between 1 and {MAX_STEPS}, got 0"]),
         ("a fox --seed -3", ["--seed must be between 0"]),
         ("a fox -g nan", ["--guidance must be a finite number"]),
-        ("a fox -N 0", ["--num-images must be at least 1"]),
+        ("a fox -N 0", ["--num-images must be between 1 and 100000"]),
         ("a fox --scheduler dpm3000", ["unknown --scheduler 'dpm3000'", "dpm++2m-karras"]),
     ],
 )

@@ -8,7 +8,6 @@ so diffusers never decides how to unpickle anything.
 from __future__ import annotations
 
 import hashlib
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,9 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, StableDiffusionXLPipeline
 
-from .checkpoints import WeightsFormat, named_for_its_format, refused_pickle
-from .errors import ModelError
-from .model_source import ModelSource, SourceKind
+from .checkpoints import WeightsFormat, check_weights_file, load_pickle, named_for_its_format
+from .errors import ModelError, UnsafeCheckpointError
+from .model_source import ADDON_FILES, EmbeddingRef, ModelSource, SourceKind, pickled_components
 
 
 @dataclass(frozen=True)
@@ -33,18 +32,12 @@ class AddOn:
 
 
 def read_weights(source: ModelSource) -> dict[str, torch.Tensor]:
-    path = source.location
+    """A local weights file, by the format its bytes have."""
     if source.weights_format is WeightsFormat.safetensors:
         from safetensors.torch import load_file
 
-        return load_file(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise refused_pickle(exc, path) from exc
-    while isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    return state
+        return load_file(source.location)
+    return load_pickle(Path(source.location))
 
 
 def short_hash(path: str, length: int, skip_safetensors_header: bool = False) -> str:
@@ -63,10 +56,10 @@ def short_hash(path: str, length: int, skip_safetensors_header: bool = False) ->
 def _name_and_hash(
     source: ModelSource, length: int, autov3: bool = False
 ) -> tuple[str, str | None]:
-    if source.kind is SourceKind.file:
+    if source.kind is SourceKind.file and not source.in_folder:
         skip = autov3 and source.weights_format is WeightsFormat.safetensors
-        return Path(source.location).stem, short_hash(source.location, length, skip)
-    return Path(source.location).name if source.is_local else source.location, None
+        return source.name, short_hash(source.location, length, skip)
+    return source.name, None
 
 
 def load_vae(
@@ -77,14 +70,14 @@ def load_vae(
     so nothing is fetched."""
     if source.kind is SourceKind.file:
         config, subfolder = model_config
-        with named_for_its_format(Path(source.location), source.weights_format) as named:
-            vae = AutoencoderKL.from_single_file(
-                str(named), config=config, subfolder=subfolder, local_files_only=True,
-                torch_dtype=dtype,
-            )  # fmt: skip
+        vae = AutoencoderKL.from_single_file(
+            read_weights(source), config=config, subfolder=subfolder, local_files_only=True,
+            torch_dtype=dtype,
+        )  # fmt: skip
     else:
+        pickled = source.is_local and bool(pickled_components(Path(source.location)))
         vae = AutoencoderKL.from_pretrained(
-            source.location, dtype=dtype, use_safetensors=True, local_files_only=offline
+            source.location, dtype=dtype, use_safetensors=not pickled, local_files_only=offline
         )
     name, digest = _name_and_hash(source, 10)
     return vae, AddOn("vae", name, digest)
@@ -115,20 +108,51 @@ def load_loras(pipe: Any, loras: list[tuple[ModelSource, float]], offline: bool)
 
 
 def load_embeddings(
-    pipe: Any, embeddings: list[tuple[ModelSource, str | None]], offline: bool
+    pipe: Any, embeddings: list[EmbeddingRef], offline: bool, allow_pickle: bool
 ) -> list[AddOn]:
-    """Textual inversions; the trigger token defaults to the file name, as in A1111.
-    SDXL embeddings carry one vector set per text encoder (`clip_l`, `clip_g`)."""
+    """Textual inversions, every one read by `read_weights` (a Hub id's file is fetched
+    first). The token: see `EmbeddingRef`. SDXL embeddings carry one vector set per text
+    encoder (`clip_l`, `clip_g`)."""
     records = []
-    for source, token in embeddings:
-        name, digest = _name_and_hash(source, 12)
-        token = token or name
-        if source.kind is SourceKind.file:
-            _load_embedding_file(pipe, read_weights(source), token, source.location)
-        else:
-            pipe.load_textual_inversion(source.location, token=token, local_files_only=offline)
+    for ref in embeddings:
+        name, digest = _name_and_hash(ref.source, 12)
+        source = ref.source
+        if source.kind is SourceKind.hub:
+            source = fetch_embedding(source.location, offline, allow_pickle)
+        state = read_weights(source)
+        trained = None if ref.default_token_is_name else trained_token(state)
+        token = ref.token or trained or name
+        _load_embedding_file(pipe, state, token, source.location)
         records.append(AddOn("embedding", name, digest, token=token))
     return records
+
+
+def fetch_embedding(repo_id: str, offline: bool, allow_pickle: bool) -> ModelSource:
+    """A Hub embedding's file: learned_embeds.safetensors, or with --allow-pickle the
+    .bin pickle a repository may have instead (then checked by its bytes)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    safe, pickled = ADDON_FILES["--embedding"]
+    try:
+        path = hf_hub_download(repo_id, safe, local_files_only=offline)
+    except EntryNotFoundError:
+        if not allow_pickle:
+            raise UnsafeCheckpointError(
+                f"--embedding {repo_id} has no {safe}, only pickle-based files; refused",
+                "pass --allow-pickle if you trust its source",
+            ) from None
+        path = hf_hub_download(repo_id, pickled, local_files_only=offline)
+    return ModelSource(path, SourceKind.file, check_weights_file(Path(path), allow_pickle))
+
+
+def trained_token(state: dict[str, Any]) -> str | None:
+    """diffusers saves an embedding as {token: vector}: the token it was trained with."""
+    if len(state) == 1:
+        key = next(iter(state))
+        if key not in ("string_to_param", "emb_params") and isinstance(state[key], torch.Tensor):
+            return key
+    return None
 
 
 def _load_embedding_file(pipe: Any, state: dict[str, Any], token: str, path: str) -> None:

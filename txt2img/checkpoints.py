@@ -2,7 +2,8 @@
 
 Pickle-based files (.ckpt, .pt, .bin, or anything else that is not safetensors) can run
 code when loaded. They are refused unless the user passes --allow-pickle, and even then
-they are read only by torch's `weights_only` unpickler.
+they are read only by `load_pickle`, through torch's `weights_only` unpickler, after
+`sniff` has bounded what the file may inflate to. torch is imported only there.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from .errors import ModelError, UnsafeCheckpointError
 
@@ -40,12 +43,37 @@ def sniff(path: Path) -> WeightsFormat:
             f"{path} is a truncated or damaged safetensors file",
             "download or copy it again",
         )
-    if head.startswith(ZIP_MAGIC) or head.startswith(PICKLE_PROTOCOL_2_PLUS):
+    if head.startswith(ZIP_MAGIC):
+        _check_zip_size(path, size)
+        return WeightsFormat.pickle
+    if head.startswith(PICKLE_PROTOCOL_2_PLUS):
         return WeightsFormat.pickle
     raise UnsafeCheckpointError(
         f"{path} is neither a safetensors nor a PyTorch weights file",
         "txt2img loads safetensors files (and, with --allow-pickle, PyTorch .ckpt/.pt/.bin)",
     )
+
+
+# torch.save stores its zip members uncompressed; a little room for the zip's own records.
+_ZIP_SLACK = 1 << 20
+
+
+def _check_zip_size(path: Path, size: int) -> None:
+    """A zip whose members inflate past the file's own size is no torch.save file (a
+    zip bomb is a few kilobytes that inflate to gigabytes): refused before any reading."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            inflated = sum(member.file_size for member in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise ModelError(
+            f"{path} is a damaged zip file: {exc}", "download or copy it again"
+        ) from None
+    if inflated > size + _ZIP_SLACK:
+        raise UnsafeCheckpointError(
+            f"{path} would inflate from {size} to {inflated} bytes; torch.save files never "
+            "do, so it is refused",
+            "use the original file, or convert it to safetensors with a tool you trust",
+        )
 
 
 def check_weights_file(path: Path, allow_pickle: bool) -> WeightsFormat:
@@ -60,6 +88,35 @@ def check_weights_file(path: Path, allow_pickle: bool) -> WeightsFormat:
             "(it is then read with torch's weights-only loader)",
         )
     return weights_format
+
+
+def load_pickle(path: Path) -> dict[str, Any]:
+    """The tensors of a pickle-based weights file that `check_weights_file` let in,
+    through torch's weights-only unpickler (which never creates arbitrary objects); a
+    zip file is memory-mapped, a legacy one read. A `state_dict` wrapper is unwrapped."""
+    import torch
+
+    is_zip = zipfile.is_zipfile(path)
+    if is_zip:
+        _check_zip_size(path, path.stat().st_size)
+    try:
+        # Under a pickle's name: torch.load reads a path ending in .safetensors as one.
+        with named_for_its_format(path, WeightsFormat.pickle) as named:
+            state = torch.load(named, map_location="cpu", weights_only=True, mmap=is_zip)
+    except pickle.UnpicklingError as exc:
+        raise refused_pickle(exc, str(path)) from exc
+    except Exception as exc:
+        if isinstance(exc, MemoryError) or "memory" in str(exc).lower():
+            raise
+        raise ModelError(
+            f"{path} is a damaged PyTorch file: {str(exc).splitlines()[0] if str(exc) else ''}",
+            "download or copy it again",
+        ) from exc
+    while isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelError(f"{path} holds no weights (a {type(state).__name__})", "check the file")
+    return state
 
 
 @contextmanager

@@ -7,10 +7,13 @@ Set TXT2IMG_DEBUG=1 to see the full traceback instead.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from enum import IntEnum
+from typing import Any
 
 
 class ExitCode(IntEnum):
@@ -69,6 +72,25 @@ class StdoutClosed(Exception):
     """The reader of our stdout went away (`txt2img ... | head -1`)."""
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived (docker stop, systemd, a batch scheduler, a closed
+    terminal). Raised in the main thread like KeyboardInterrupt, so every `finally`
+    runs and no temporary file is left."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+_HANDLED_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
 def debug_enabled() -> bool:
     return os.environ.get("TXT2IMG_DEBUG", "") not in ("", "0")
 
@@ -77,12 +99,22 @@ def fail(message: str) -> None:
     print(f"txt2img: error: {message}", file=sys.stderr, flush=True)
 
 
+OUT_OF_MEMORY_MESSAGE = (
+    "the device ran out of memory (try --low-vram, a smaller --width/--height, or --batch-size 1)"
+)
+_OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    # torch.OutOfMemoryError for CUDA; MPS reports a RuntimeError. Matched by name so
-    # this module never imports torch.
+    """torch.OutOfMemoryError for CUDA; MPS reports a RuntimeError ("out of memory"),
+    the CPU allocator another ("DefaultCPUAllocator: can't allocate memory"), and
+    Python a MemoryError. Matched by name so this module never imports torch."""
     name = type(exc).__name__
-    return name == "OutOfMemoryError" or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    return (
+        name == "OutOfMemoryError"
+        or isinstance(exc, MemoryError)
+        or (isinstance(exc, RuntimeError) and any(mark in text for mark in _OUT_OF_MEMORY))
     )
 
 
@@ -100,15 +132,16 @@ def exit_code_for(exc: BaseException) -> int:
     if isinstance(exc, KeyboardInterrupt):
         fail("interrupted; finished images are complete, the one in progress was discarded")
         return int(ExitCode.INTERRUPTED)
+    if isinstance(exc, Terminated):
+        name = signal.Signals(exc.signum).name
+        fail(f"stopped by {name}; finished images are complete, the one in progress was discarded")
+        return 128 + exc.signum
     if isinstance(exc, (StdoutClosed, BrokenPipeError)):
         with suppress(OSError, ValueError):  # stdout may not be a real file (test runners)
             _silence_stdout()
         return int(ExitCode.STDOUT_CLOSED)
     if is_out_of_memory(exc):
-        fail(
-            "the device ran out of memory "
-            "(try --low-vram, a smaller --width/--height, or --batch-size 1)"
-        )
+        fail(OUT_OF_MEMORY_MESSAGE)
         return int(ExitCode.OUT_OF_MEMORY)
     fail(
         f"unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
@@ -119,7 +152,9 @@ def exit_code_for(exc: BaseException) -> int:
 
 @contextmanager
 def handle_errors() -> Iterator[None]:
-    """Turn any exception into a one-line report and `SystemExit` with its exit code."""
+    """Turn any exception into a one-line report and `SystemExit` with its exit code;
+    SIGTERM and SIGHUP end the run as Ctrl-C does (exit 128 + the signal's number)."""
+    previous = _handle_signals()
     try:
         yield
     except SystemExit:
@@ -128,3 +163,12 @@ def handle_errors() -> Iterator[None]:
         if debug_enabled() and not isinstance(exc, StdoutClosed):
             raise
         raise SystemExit(exit_code_for(exc)) from None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _handle_signals() -> dict[int, Any]:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.signal(signum, _raise_terminated) for signum in _HANDLED_SIGNALS}

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .settings import Dtype, Settings
+from .settings import Dtype, LoadOptions
 
 PARTS = ("bf16", "channels_last", "fused_qkv", "compile")
 
@@ -32,14 +32,14 @@ FAST_PATH: dict[str, tuple[str, ...]] = {
 }
 
 
-def speedups_for(settings: Settings, device: torch.device, has_loras: bool) -> tuple[str, ...]:
+def speedups_for(options: LoadOptions, device: torch.device, has_loras: bool) -> tuple[str, ...]:
     """The parts to apply: `--fast`'s for this device, and `--compile`. bf16 only on CPUs
     that have bf16 instructions, and only when --dtype is left to txt2img; fused QKV
     projections would bypass LoRA layers, so they are left out when LoRAs are loaded."""
-    parts = set(FAST_PATH.get(device.type, ())) if settings.fast else set()
-    if settings.compile_unet:
+    parts = set(FAST_PATH.get(device.type, ())) if options.fast else set()
+    if options.compile:
         parts.add("compile")
-    if settings.dtype is not Dtype.auto or (device.type == "cpu" and not cpu_has_fast_bf16()):
+    if options.dtype is not Dtype.auto or (device.type == "cpu" and not cpu_has_fast_bf16()):
         parts.discard("bf16")
     if has_loras:
         parts.discard("fused_qkv")

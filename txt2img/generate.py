@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import time
-import warnings
+import traceback
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -14,85 +14,145 @@ import torch
 import transformers
 
 from . import __version__
-from .errors import BadImageError, Txt2ImgError, UsageError, is_out_of_memory
-from .fast import speedups_for
+from .errors import (
+    OUT_OF_MEMORY_MESSAGE,
+    BadImageError,
+    ModelError,
+    Txt2ImgError,
+    UsageError,
+    debug_enabled,
+    is_out_of_memory,
+)
 from .jobs import ImageJob, batches
-from .metadata import ImageRecord, text_chunks
+from .metadata import image_record, text_chunks
 from .model_source import ModelPlan
-from .models import LoadedModel, load_model, pick_device, pick_dtype
+from .models import LoadedModel, first_line, open_model
+from .options import BY_KEY
 from .outputs import Results, write_png
+from .pause import pause_at
 from .previews import StepRecorder, recording, strip
 from .progress import Reporter
 from .schedulers import a1111_sampler, build_scheduler
 from .settings import Existing, Settings
 
 
+@dataclass
+class Drawing:
+    """What every step of a run's drawing needs."""
+
+    settings: Settings
+    model: LoadedModel
+    reporter: Reporter
+    results: Results
+    taken: set[str]  # the run's file names already on disk
+
+
 def generate(
     settings: Settings,
     plan: ModelPlan,
     jobs: list[ImageJob],
+    done: set[int],
+    taken: set[str],
     reporter: Reporter,
     results: Results,
 ) -> int:
-    """Draw and write every job; return how many failed (only with --keep-going)."""
-    quiet_libraries(settings.quiet)
-    device = pick_device(settings.device)
-    speedups = speedups_for(settings, device, has_loras=bool(plan.loras))
-    dtype = pick_dtype(settings.dtype, device, speedups)
+    """Draw and write every job whose index is not in `done`; return how many failed
+    (only with --keep-going). `jobs` is this process's whole share, so the batches are
+    those of an uninterrupted run: a batch with a done image is drawn whole and only its
+    missing files are written, which keeps --resume pixel-identical at any batch size."""
+    mute_library_logs(settings.verbose)
     reporter.info(f"loading {plan.source.location}")
-    model = load_model(settings, plan, device, dtype, speedups)
+    model = open_model(plan, settings.load)
     d = model.defaults
-    savers = ", ".join(settings.memory.names()) or "none"
+    savers = ", ".join(settings.load.memory.names()) or "none"
     reporter.info(
-        f"{d.family} model on {device} in {model.dtype_name}; memory savers: {savers}; "
-        f"speed-ups: {', '.join(speedups) or 'none'}; "
+        f"{d.family} model on {model.device} in {model.dtype_name}; memory savers: {savers}; "
+        f"speed-ups: {', '.join(model.speedups) or 'none'}; "
         f"defaults: {d.steps} steps, guidance {d.guidance:g}, {d.width}x{d.height}"
     )
-    jobs = [job.with_defaults(d.steps, d.guidance, d.width, d.height) for job in jobs]
+    jobs = [job.with_defaults(d.values()) for job in jobs]
+    check_sizes(jobs)
+    drawing = Drawing(settings, model, reporter, results, taken)
     failed = 0
     reporter.start()
     try:
         for batch in batches(jobs, settings.batch_size):
-            started = time.perf_counter()
-            reporter.image_started()
-            try:
-                drawn = render(model, batch, reporter.step_done, settings.save_steps)
-            except Exception as exc:
-                failed += fail_or_raise(settings, batch, exc, reporter, results)
-                continue
-            seconds = (time.perf_counter() - started) / len(batch)
-            for k, job in enumerate(batch):
-                try:
-                    pixels, retried = checked_pixels(model, drawn, k, reporter)
-                    write_image(settings, model, job, pixels, retried, seconds, results)
-                    if drawn.steps is not None:
-                        write_strip(settings, model, job, strip(model.pipe, drawn.steps, k))
-                except BadImageError as exc:
-                    failed += fail_or_raise(settings, [job], exc, reporter, results)
-                    continue
-                reporter.image_done(str(settings.output_dir / job.file_name), seconds)
+            wanted = [job for job in batch if job.index not in done]
+            if wanted:
+                failed += draw_batch(drawing, batch, wanted)
     finally:
         reporter.stop()
     return failed
 
 
-def fail_or_raise(
-    settings: Settings, jobs: list[ImageJob], exc: Exception, reporter: Reporter, results: Results
-) -> int:
-    """With --keep-going, report a failed item and go on; otherwise stop the run."""
+def draw_batch(drawing: Drawing, batch: list[ImageJob], wanted: list[ImageJob]) -> int:
+    """Draw one batch and write its `wanted` images; return how many failed."""
+    started = time.perf_counter()
+    drawing.reporter.image_started()
+    try:
+        drawn = render(
+            drawing.model, batch, drawing.reporter.step_done, drawing.settings.save_steps
+        )
+    except Exception as exc:
+        return fail_or_raise(drawing, wanted, exc)
+    seconds = (time.perf_counter() - started) / len(batch)
+    failed = 0
+    for job in wanted:
+        try:
+            write_outputs(drawing, drawn, batch.index(job), job, seconds)
+        except Exception as exc:
+            failed += fail_or_raise(drawing, [job], exc)
+            continue
+        drawing.reporter.image_done(str(drawing.settings.output_dir / job.file_name), seconds)
+    return failed
+
+
+def write_outputs(drawing: Drawing, drawn: Drawn, k: int, job: ImageJob, seconds: float) -> None:
+    """Image k of a call and its strip. Both are decoded before either is written, so a
+    failure leaves neither. Under --resume an image already there is kept (only its strip
+    was missing)."""
+    settings, model = drawing.settings, drawing.model
+    redraw = job.file_name not in drawing.taken or settings.existing is Existing.replace
+    checked = checked_pixels(model, drawn, k, drawing.reporter) if redraw else None
+    sheet = strip(model.pipe, drawn.steps, k) if drawn.steps is not None else None
+    if checked is not None:
+        write_image(drawing, job, *checked, seconds)
+    if sheet is not None:
+        write_strip(settings, model, job, sheet)
+
+
+def check_sizes(jobs: list[ImageJob]) -> None:
+    """A model's native size comes from its config, so it gets the checks a user's
+    --width and --height get."""
+    for job in jobs:
+        for key in ("width", "height"):
+            try:
+                BY_KEY[key].validate(job[key])
+            except UsageError as exc:
+                raise ModelError(
+                    f"the model's config declares a native size the run cannot use: {exc.message}",
+                    "give --width and --height",
+                ) from None
+
+
+def fail_or_raise(drawing: Drawing, jobs: list[ImageJob], exc: Exception) -> int:
+    """With --keep-going, report failed items and go on; otherwise stop the run."""
     out_of_memory = is_out_of_memory(exc)
     if not (
-        settings.keep_going and (out_of_memory or isinstance(exc, (UsageError, BadImageError)))
+        drawing.settings.keep_going
+        and (out_of_memory or isinstance(exc, (UsageError, BadImageError)))
     ):
         raise exc
     if out_of_memory:  # give the failed batch's memory back before the next one
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    message = exc.one_line() if isinstance(exc, Txt2ImgError) else str(exc).splitlines()[0]
+    message = exc.one_line() if isinstance(exc, Txt2ImgError) else OUT_OF_MEMORY_MESSAGE
     for job in jobs:
-        reporter.failure(f"image {job.index} (line {job.line}, seed {job.seed}): {message}")
-        results.failed(message, asdict(job))
+        drawing.reporter.failure(
+            f"image {job.index} (line {job.line}, seed {job['seed']}): {message}"
+        )
+        drawing.results.failed(drawing.settings.output_dir / job.file_name, job, message)
     return len(jobs)
 
 
@@ -115,12 +175,13 @@ def render(
     Each image gets its own fresh CPU generator, so its starting noise depends only on
     its seed: not on the device, the batch size, or what was drawn before."""
     first = batch[0]
-    use_scheduler(model, first.scheduler)
+    use_scheduler(model, first["scheduler"])
     final: dict[str, torch.Tensor] = {}
 
     def step_callback(pipeline: Any, step: int, timestep: Any, tensors: dict) -> dict:
         final["latents"] = tensors["latents"]
         on_step(step + 1, len(pipeline.scheduler.timesteps))
+        pause_at(f"step:{first.index}:{step + 1}")
         return tensors
 
     try:
@@ -129,21 +190,36 @@ def render(
                 prompt=[job.prompt for job in batch],
                 # None, not "": SDXL then uses zero embeddings for the unconditional branch,
                 # exactly as a plain diffusers call does.
-                negative_prompt=[job.negative_prompt for job in batch]
-                if first.negative_prompt
+                negative_prompt=[job["negative_prompt"] for job in batch]
+                if first["negative_prompt"]
                 else None,
-                num_inference_steps=first.steps,
-                guidance_scale=first.guidance,
-                width=first.width,
-                height=first.height,
-                generator=[torch.Generator("cpu").manual_seed(job.seed) for job in batch],
+                num_inference_steps=first["steps"],
+                guidance_scale=first["guidance"],
+                width=first["width"],
+                height=first["height"],
+                generator=[torch.Generator("cpu").manual_seed(job["seed"]) for job in batch],
                 output_type="np",
                 callback_on_step_end=step_callback,
             )
-    except ValueError as exc:  # diffusers' own input checks, e.g. LCM above 50 steps
-        raise UsageError(f"diffusers refused these settings: {exc}".splitlines()[0]) from exc
+    except ValueError as exc:
+        raise settings_or_model_error(exc) from exc
     nsfw = getattr(output, "nsfw_content_detected", None)
     return Drawn(output.images, final["latents"], nsfw, recorder)
+
+
+# Where diffusers checks the settings it is given; a ValueError from anywhere else in a
+# pipeline call is a problem of the model, not of the settings.
+_SETTINGS_CHECKS = ("check_inputs", "set_timesteps", "retrieve_timesteps")
+
+
+def settings_or_model_error(exc: ValueError) -> Txt2ImgError:
+    frame = traceback.extract_tb(exc.__traceback__)[-1]
+    if frame.name in _SETTINGS_CHECKS:  # e.g. LCM above 50 steps, a size the VAE cannot take
+        return UsageError(f"diffusers refused these settings: {first_line(exc)}")
+    return ModelError(
+        f"the model failed while drawing: {first_line(exc)}",
+        "its files may not belong together (a U-Net, VAE or text encoder from another model)",
+    )
 
 
 def checked_pixels(
@@ -196,19 +272,14 @@ def use_scheduler(model: LoadedModel, name: str | None) -> None:
 
 
 def write_image(
-    settings: Settings,
-    model: LoadedModel,
-    job: ImageJob,
-    pixels: np.ndarray,
-    vae_fp32_retry: bool,
-    seconds: float,
-    results: Results,
+    drawing: Drawing, job: ImageJob, pixels: np.ndarray, vae_fp32_retry: bool, seconds: float
 ) -> None:
+    model, settings = drawing.model, drawing.settings
     image = model.pipe.image_processor.numpy_to_pil(pixels[None])[0]
-    record = image_record(model, job, vae_fp32_retry)
+    record = image_record(job, model_facts(model, job, vae_fp32_retry))
     target = settings.output_dir / job.file_name
     write_png(image, target, text_chunks(record), replace=settings.existing is Existing.replace)
-    results.written(target, {**asdict(record), "line": job.line, "seconds": round(seconds, 3)})
+    drawing.results.written(target, job, record, seconds)
 
 
 def write_strip(settings: Settings, model: LoadedModel, job: ImageJob, sheet: Any) -> None:
@@ -219,46 +290,38 @@ def write_strip(settings: Settings, model: LoadedModel, job: ImageJob, sheet: An
     write_png(sheet, settings.output_dir / job.strip_name, chunks, replace=replace)
 
 
-def image_record(model: LoadedModel, job: ImageJob, vae_fp32_retry: bool) -> ImageRecord:
+def model_facts(model: LoadedModel, job: ImageJob, vae_fp32_retry: bool) -> dict[str, Any]:
+    """What the model and the device made of `job`: `metadata.MODEL_KEYS`."""
     scheduler = model.pipe.scheduler
-    sampler, schedule = a1111_sampler(job.scheduler, type(scheduler).__name__, scheduler.config)
-    return ImageRecord(
-        prompt=job.prompt,
-        negative_prompt=job.negative_prompt,
-        seed=job.seed,
-        steps=job.steps,
-        guidance=job.guidance,
-        width=job.width,
-        height=job.height,
-        index=job.index,
-        scheduler=job.scheduler,
-        scheduler_class=type(scheduler).__name__,
-        sampler=sampler,
-        schedule_type=schedule,
-        model=model.source.location,
-        model_name=model.source.name,
-        model_family=model.defaults.family,
-        prediction_type=scheduler.config.get("prediction_type", "epsilon"),
-        pipeline=type(model.pipe).__name__,
-        device=model.device.type,
-        dtype=model.dtype_name,
-        vae_fp32_retry=vae_fp32_retry,
-        speedups=list(model.speedups),
-        addons=[asdict(addon) for addon in model.addons],
-        versions={
+    sampler, schedule = a1111_sampler(job["scheduler"], type(scheduler).__name__, scheduler.config)
+    return {
+        "scheduler_class": type(scheduler).__name__,
+        "sampler": sampler,
+        "schedule_type": schedule,
+        "model": model.source.location,
+        "model_name": model.source.name,
+        "model_family": model.defaults.family,
+        "prediction_type": scheduler.config.get("prediction_type", "epsilon"),
+        "pipeline": type(model.pipe).__name__,
+        "device": model.device.type,
+        "dtype": model.dtype_name,
+        "vae_fp32_retry": vae_fp32_retry,
+        "speedups": list(model.speedups),
+        "addons": [asdict(addon) for addon in model.addons],
+        "versions": {
             "txt2img": __version__,
             "diffusers": diffusers.__version__,
             "transformers": transformers.__version__,
             "torch": torch.__version__,
         },
-    )
+    }
 
 
-def quiet_libraries(quiet: bool) -> None:
-    """Our own progress replaces diffusers' bars; --quiet also mutes library warnings."""
+def mute_library_logs(verbose: bool) -> None:
+    """Our own progress replaces diffusers' bars; library logs only with --verbose or
+    TXT2IMG_DEBUG=1 (their warnings are muted before the imports, in runner.py)."""
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
-    if quiet:
+    if not (verbose or debug_enabled()):
         diffusers.utils.logging.set_verbosity_error()
         transformers.utils.logging.set_verbosity_error()
-        warnings.filterwarnings("ignore")

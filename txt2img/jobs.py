@@ -1,56 +1,56 @@
 """A run as a list of image jobs: what to draw, with which seed, under which file name,
-and which of them this process draws."""
+which of them this process draws, and how they are grouped into pipeline calls."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import UsageError
+from .options import IMAGE_OPTIONS, RECORDED_OPTIONS
 from .outputs import image_file_name
-from .settings import Settings, check_image_options
+from .settings import Settings, check_image_count, check_seed_range
+
+# Per-image values that decide which jobs may share one pipeline call.
+_BATCH_KEYS = tuple(option for option in RECORDED_OPTIONS if option.batch != "free")
 
 
 @dataclass(frozen=True)
 class ImageJob:
-    """One image. `None` settings take the model's defaults (see `with_defaults`)."""
+    """One image. `values` holds every recorded per-image option (`RECORDED_OPTIONS`);
+    None takes the model's default (see `with_defaults`)."""
 
     index: int  # position in the whole run, counting from 0; names the file
     line: int  # line of --prompts-file it came from (0 for the command-line prompt)
     prompt: str
-    negative_prompt: str
-    seed: int
-    steps: int | None
-    guidance: float | None
-    width: int | None
-    height: int | None
-    scheduler: str | None
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
 
     @property
     def file_name(self) -> str:
-        return image_file_name(self.index, self.seed, self.prompt)
+        return image_file_name(self.index, self["seed"], self.prompt)
 
     @property
     def strip_name(self) -> str:
         """--save-steps: the strip of denoising steps beside the image."""
         return self.file_name.removesuffix(".png") + "-steps.png"
 
-    def with_defaults(self, steps: int, guidance: float, width: int, height: int) -> ImageJob:
-        return replace(
-            self,
-            steps=self.steps if self.steps is not None else steps,
-            guidance=self.guidance if self.guidance is not None else guidance,
-            width=self.width if self.width is not None else width,
-            height=self.height if self.height is not None else height,
-        )
+    def with_defaults(self, defaults: dict[str, Any]) -> ImageJob:
+        """Fill the values left to the model (None) from its `defaults`."""
+        filled = {
+            key: defaults[key] if value is None and key in defaults else value
+            for key, value in self.values.items()
+        }
+        return ImageJob(self.index, self.line, self.prompt, filled)
 
     @property
     def batch_key(self) -> tuple:
-        """Jobs with equal keys can share one pipeline call. An empty negative prompt is
-        its own case: SDXL then uses zero embeddings, unlike for any text."""
-        return (self.steps, self.guidance, self.width, self.height, self.scheduler,
-                bool(self.negative_prompt))  # fmt: skip
+        """Jobs with equal keys can share one pipeline call (see `Option.batch`)."""
+        return tuple(bool(self[o.key]) if o.batch == "given" else self[o.key] for o in _BATCH_KEYS)
 
 
 def plan_jobs(settings: Settings) -> list[ImageJob]:
@@ -58,28 +58,20 @@ def plan_jobs(settings: Settings) -> list[ImageJob]:
     seed: then that line's images get that seed, + 1, + 2..."""
     jobs: list[ImageJob] = []
     for line in settings.prompts:
-        options = line.overrides
-        count = options.get("num_images", settings.num_images)
-        first_seed = options.get("seed", settings.seed + len(jobs))
+        options = {option.key: line.overrides.get(option.key, settings.image[option.key])
+                   for option in IMAGE_OPTIONS}  # fmt: skip
+        count = options["num_images"]
+        first_seed = line.overrides.get("seed", settings.image["seed"] + len(jobs))
         try:
-            check_image_options(num_images=count, seed=first_seed)
+            check_image_count(len(jobs) + count)
+            check_seed_range(first_seed, count)
         except UsageError as exc:
-            raise UsageError(f"prompt on line {line.line}: {exc.message}", exc.hint) from exc
+            where = f"prompt on line {line.line}: " if line.line else ""
+            raise UsageError(f"{where}{exc.message}", exc.hint) from exc
         for k in range(count):
-            jobs.append(
-                ImageJob(
-                    index=len(jobs),
-                    line=line.line,
-                    prompt=line.prompt,
-                    negative_prompt=options.get("negative_prompt", settings.negative_prompt),
-                    seed=first_seed + k,
-                    steps=options.get("steps", settings.steps),
-                    guidance=options.get("guidance", settings.guidance),
-                    width=options.get("width", settings.width),
-                    height=options.get("height", settings.height),
-                    scheduler=options.get("scheduler", settings.scheduler),
-                )
-            )
+            values = {option.key: options[option.key] for option in RECORDED_OPTIONS}
+            values["seed"] = first_seed + k
+            jobs.append(ImageJob(len(jobs), line.line, line.prompt, values))
     return jobs
 
 
@@ -97,7 +89,9 @@ def process_share(jobs: list[ImageJob]) -> list[ImageJob]:
 
 
 def batches(jobs: list[ImageJob], size: int) -> Iterator[list[ImageJob]]:
-    """Consecutive jobs that share their settings, at most `size` at a time."""
+    """Consecutive jobs that share their settings, at most `size` at a time. Always
+    called on a process's whole share (done images included), so that a resumed run
+    groups its images exactly as the uninterrupted one did."""
     batch: list[ImageJob] = []
     for job in jobs:
         if batch and (len(batch) == size or job.batch_key != batch[0].batch_key):

@@ -1,46 +1,61 @@
-"""The two PNG text chunks every image carries.
+"""What is recorded of every image: the PNG text chunks and the JSON records on stdout.
 
-`parameters` is AUTOMATIC1111's "infotext", byte for byte in its format, so the many
-tools that read it (A1111, ComfyUI, Civitai, sd-parsers) show our settings.
-`txt2img` is the full record as JSON, enough to regenerate the image exactly.
+`parameters` is AUTOMATIC1111's "infotext", in its format, so the many tools that read it
+(A1111, ComfyUI, Civitai, sd-parsers) show our settings. `txt2img` is the full record as
+JSON, enough to regenerate the image exactly. The per-image keys come from
+`options.RECORDED_OPTIONS`; the rest says what the model and the run made of them.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
 from typing import Any
 
 from . import __version__
+from .options import RECORDED_OPTIONS
+
+# What the model and the device decided, beside the per-image options.
+MODEL_KEYS = (
+    "scheduler_class",  # the diffusers class actually used
+    "sampler",  # A1111's name for it
+    "schedule_type",
+    "model",  # Hub id or absolute path
+    "model_name",  # A1111's "Model:": file or folder name, or the Hub id
+    "model_family",
+    "prediction_type",
+    "pipeline",
+    "device",
+    "dtype",
+    "vae_fp32_retry",  # the first decode gave NaN; this image was decoded in fp32
+    "speedups",  # --fast / --compile parts in use (see fast.py)
+    "addons",  # VAE, LoRAs, embeddings: kind, name, hash, scale, token
+    "versions",
+)
+RECORD_KEYS = ("prompt", *(option.key for option in RECORDED_OPTIONS), "index", *MODEL_KEYS)
+# Every --json line has exactly these keys, null where a status does not know them.
+JSON_KEYS = ("status", "path", "error", "line", *RECORD_KEYS, "seconds")
+
+_INFOTEXT_KEYS = {option.infotext: option.key for option in RECORDED_OPTIONS if option.infotext}
+# A line that A1111's reader would take as the start of the negative prompt.
+_NEGATIVE_MARK = re.compile(r"^(\s*)N(egative prompt:)", re.MULTILINE)
 
 
-@dataclass(frozen=True)
-class ImageRecord:
-    """Everything that decided one image's pixels."""
+def image_record(job: Any, facts: dict[str, Any]) -> dict[str, Any]:
+    """The record of one image: `job`'s prompt, index and values plus the model's `facts`
+    (one per `MODEL_KEYS`), in `RECORD_KEYS` order."""
+    record = {"prompt": job.prompt, **job.values, "index": job.index, **facts}
+    return {key: record[key] for key in RECORD_KEYS}
 
-    prompt: str
-    negative_prompt: str
-    seed: int
-    steps: int
-    guidance: float
-    width: int
-    height: int
-    index: int
-    scheduler: str | None  # the friendly name asked for, or None for the model's own
-    scheduler_class: str
-    sampler: str  # A1111's name for the scheduler
-    schedule_type: str | None
-    model: str
-    model_name: str
-    model_family: str
-    prediction_type: str
-    pipeline: str
-    device: str
-    dtype: str
-    vae_fp32_retry: bool  # the first decode gave NaN; this image was decoded in fp32
-    speedups: list[str]  # --fast / --compile parts in use (see fast.py)
-    addons: list[dict[str, Any]]  # VAE, LoRAs, embeddings: kind, name, hash, scale, token
-    versions: dict[str, str]
+
+def json_line(status: str, path: str, job: Any, **known: Any) -> str:
+    """One --json line; `known` fills what this status knows (the image record for
+    written images, `error` for failed ones, `seconds`)."""
+    line = dict.fromkeys(JSON_KEYS)
+    line.update(status=status, path=path, line=job.line, prompt=job.prompt, index=job.index)
+    line.update(job.values)
+    line.update(known)
+    return json.dumps(line, ensure_ascii=False)
 
 
 def _format_value(value: Any) -> str:
@@ -51,16 +66,24 @@ def _format_value(value: Any) -> str:
     return text
 
 
-def infotext(record: ImageRecord) -> str:
+def unforgeable(text: str) -> str:
+    """`text` as a line of the infotext that a reader parses back as what it is: A1111
+    starts the negative prompt at any line beginning "Negative prompt:", so such a line
+    gets a lower-case "n" (CLIP lower-cases all text, so the conditioning is the same)."""
+    return _NEGATIVE_MARK.sub(r"\1n\2", text)
+
+
+def infotext(record: dict[str, Any]) -> str:
     """A1111's `parameters` text: prompt, optional negative prompt line, then `k: v` pairs."""
+    value = {name: record[key] for name, key in _INFOTEXT_KEYS.items()}
     fields: dict[str, Any] = {
-        "Steps": record.steps,
-        "Sampler": record.sampler,
-        "Schedule type": record.schedule_type,
-        "CFG scale": float(record.guidance),
-        "Seed": record.seed,
-        "Size": f"{record.width}x{record.height}",
-        "Model": record.model_name,
+        "Steps": value["Steps"],
+        "Sampler": record["sampler"],
+        "Schedule type": record["schedule_type"],
+        "CFG scale": float(value["CFG scale"]),
+        "Seed": value["Seed"],
+        "Size": f"{record['width']}x{record['height']}",
+        "Model": record["model_name"],
         "VAE hash": _one(record, "vae", "hash"),
         "VAE": _one(record, "vae", "name"),
         "RNG": "CPU",  # we always draw the starting noise on the CPU
@@ -73,23 +96,26 @@ def infotext(record: ImageRecord) -> str:
         for key, value in fields.items()
         if value is not None
     )
-    negative = f"\nNegative prompt: {record.negative_prompt}" if record.negative_prompt else ""
-    return f"{record.prompt}{negative}\n{pairs}".strip()
+    negative = record["negative_prompt"]
+    negative_line = f"\nNegative prompt: {unforgeable(negative)}" if negative else ""
+    return f"{unforgeable(record['prompt'])}{negative_line}\n{pairs}".strip()
 
 
-def _one(record: ImageRecord, kind: str, key: str) -> Any:
-    return next((addon[key] for addon in record.addons if addon["kind"] == kind), None)
+def _one(record: dict[str, Any], kind: str, key: str) -> Any:
+    return next((addon[key] for addon in record["addons"] if addon["kind"] == kind), None)
 
 
-def _hashes(record: ImageRecord, kind: str) -> str | None:
+def _hashes(record: dict[str, Any], kind: str) -> str | None:
     """A1111's "name: hash, name: hash" list (quoted as a whole when written); like
     A1111, it leaves out add-ons without a hash (Hub ids, folders)."""
-    pairs = [f"{a['name']}: {a['hash']}" for a in record.addons if a["kind"] == kind and a["hash"]]
+    pairs = [
+        f"{a['name']}: {a['hash']}" for a in record["addons"] if a["kind"] == kind and a["hash"]
+    ]
     return ", ".join(pairs) or None
 
 
-def text_chunks(record: ImageRecord) -> dict[str, str]:
+def text_chunks(record: dict[str, Any]) -> dict[str, str]:
     return {
         "parameters": infotext(record),
-        "txt2img": json.dumps(record.__dict__, ensure_ascii=False, sort_keys=True),
+        "txt2img": json.dumps(record, ensure_ascii=False, sort_keys=True),
     }

@@ -8,14 +8,14 @@ before anything is loaded.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
 from .checkpoints import WeightsFormat, check_weights_file
-from .errors import ModelError, UsageError
-from .settings import Settings
+from .errors import ModelError, UnsafeCheckpointError, UsageError
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 PATH_PREFIXES = ("/", "./", "../", "~", "\\")
@@ -33,6 +33,7 @@ class ModelSource:
     location: str  # absolute path, or the Hub id
     kind: SourceKind
     weights_format: WeightsFormat = WeightsFormat.safetensors
+    in_folder: bool = False  # the weights file of a LoRA or embedding folder given as such
 
     @property
     def is_local(self) -> bool:
@@ -44,6 +45,8 @@ class ModelSource:
         name, or the Hub id."""
         if self.kind is SourceKind.hub:
             return self.location
+        if self.in_folder:
+            return Path(self.location).parent.name
         return (
             Path(self.location).stem if self.kind is SourceKind.file else Path(self.location).name
         )
@@ -103,17 +106,76 @@ def resolve_config(config: str | None, source: ModelSource) -> Path | None:
             "model_index.json",
             "use a built-in name or a diffusers model folder (weights are not needed)",
         )
+    _check_model_index(folder / "model_index.json")
     return folder.resolve()
 
 
-def locate_addon(ref: str, flag: str, allow_pickle: bool) -> ModelSource:
-    """A LoRA, VAE or embedding: a file (checked like a checkpoint), a folder, or a Hub id."""
-    path = Path(ref).expanduser()
-    if path.is_file():
-        return ModelSource(
-            str(path.resolve()), SourceKind.file, check_weights_file(path, allow_pickle)
+def _check_model_index(path: Path) -> None:
+    """`--config DIR` must describe a pipeline txt2img runs; said of --config, not of the
+    checkpoint, when it does not."""
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise UsageError(f"--config: {path} is not valid JSON ({exc})".split("\n")[0]) from None
+    class_name = index.get("_class_name") if isinstance(index, dict) else None
+    if class_name not in PIPELINE_CLASSES:
+        raise UsageError(
+            f"--config: {path} describes a {class_name}, not a pipeline txt2img runs",
+            f"use a folder of a {' or '.join(PIPELINE_CLASSES)}",
         )
+
+
+PIPELINE_CLASSES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def pickled_components(folder: Path) -> list[Path]:
+    """The weights of a diffusers folder's components that exist only as pickles (a
+    component with a .safetensors file is read from that)."""
+    pickled = []
+    for component in sorted(p for p in folder.iterdir() if p.is_dir()):
+        files = [p for p in component.iterdir() if p.is_file()]
+        if any(p.suffix == ".safetensors" for p in files):
+            continue
+        pickled += [p for p in files if p.suffix in PICKLE_SUFFIXES]
+    return pickled
+
+
+def check_folder_weights(folder: Path, allow_pickle: bool, what: str) -> bool:
+    """Whether a diffusers folder must be read from pickles; refused (exit 4) without
+    --allow-pickle, and each pickle checked by its bytes with it."""
+    pickled = pickled_components(folder)
+    if pickled and not allow_pickle:
+        raise UnsafeCheckpointError(
+            f"{what} {folder} has only pickle-based weights ({pickled[0].relative_to(folder)}), "
+            "which can run code when loaded; refused",
+            "convert it to safetensors, or pass --allow-pickle if you trust its source",
+        )
+    for path in pickled:
+        check_weights_file(path, allow_pickle)
+    return bool(pickled)
+
+
+# The files diffusers saves a LoRA or a textual inversion as, safetensors first.
+ADDON_FILES = {
+    "--lora": ("pytorch_lora_weights.safetensors", "pytorch_lora_weights.bin"),
+    "--embedding": ("learned_embeds.safetensors", "learned_embeds.bin"),
+}
+
+
+def locate_addon(ref: str, flag: str, allow_pickle: bool) -> ModelSource:
+    """A LoRA, VAE or embedding: a file (checked like a checkpoint), a folder, or a Hub id.
+    A LoRA or embedding folder is taken as the weights file in it, checked the same way;
+    a VAE folder is a diffusers model folder."""
+    path = Path(ref).expanduser()
+    in_folder = path.is_dir() and flag in ADDON_FILES
+    if in_folder:
+        path = _weights_in(path, flag)
+    if path.is_file():
+        weights_format = check_weights_file(path, allow_pickle)
+        return ModelSource(str(path.resolve()), SourceKind.file, weights_format, in_folder)
     if path.is_dir():
+        check_folder_weights(path, allow_pickle, flag)
         return ModelSource(str(path.resolve()), SourceKind.folder)
     if ref.startswith(PATH_PREFIXES) or ref.lower().endswith(CHECKPOINT_SUFFIXES):
         raise ModelError(f"{flag} {ref} does not exist", "check the path")
@@ -125,6 +187,33 @@ def locate_addon(ref: str, flag: str, allow_pickle: bool) -> ModelSource:
     return ModelSource(ref, SourceKind.hub)
 
 
+def _weights_in(folder: Path, flag: str) -> Path:
+    """The file diffusers saved in the folder, or the folder's only .safetensors file."""
+    for name in ADDON_FILES[flag]:
+        if (folder / name).is_file():
+            return folder / name
+    others = list(folder.glob("*.safetensors"))
+    if len(others) == 1:
+        return others[0]
+    raise ModelError(
+        f"{flag} {folder} holds no {' or '.join(ADDON_FILES[flag])}",
+        "point it at the weights file itself",
+    )
+
+
+@dataclass(frozen=True)
+class EmbeddingRef:
+    """A textual inversion to load. Its token is the one given, else for a file its
+    name (as A1111 does), else for a folder or Hub id the token it was trained with."""
+
+    source: ModelSource  # the weights file, or a Hub id
+    token: str | None
+
+    @property
+    def default_token_is_name(self) -> bool:
+        return self.source.kind is SourceKind.file and not self.source.in_folder
+
+
 @dataclass(frozen=True)
 class ModelPlan:
     """Everything to load, found and checked before anything is loaded."""
@@ -133,21 +222,35 @@ class ModelPlan:
     config: Path | None  # config folder for a single-file checkpoint; None: by family
     vae: ModelSource | None
     loras: tuple[tuple[ModelSource, float], ...]
-    embeddings: tuple[tuple[ModelSource, str | None], ...]
+    embeddings: tuple[EmbeddingRef, ...]
+    allow_pickle: bool = False
+    pickled_folder: bool = False  # a diffusers folder whose weights are .bin pickles
 
 
-def plan_model(settings: Settings) -> ModelPlan:
-    source = locate(settings.model, settings.allow_pickle)
+def plan_model(
+    model: str,
+    *,
+    allow_pickle: bool = False,
+    config: str | None = None,
+    vae: str | None = None,
+    loras: tuple[tuple[str, float], ...] = (),
+    embeddings: tuple[tuple[str, str | None], ...] = (),
+) -> ModelPlan:
+    """Find and check everything a run loads (the model, --config, --vae, --lora,
+    --embedding), before anything is loaded."""
+    source = locate(model, allow_pickle)
+    pickled_folder = source.kind is SourceKind.folder and check_folder_weights(
+        Path(source.location), allow_pickle, "the model folder"
+    )
     return ModelPlan(
         source=source,
-        config=resolve_config(settings.config, source),
-        vae=locate_addon(settings.vae, "--vae", settings.allow_pickle) if settings.vae else None,
-        loras=tuple(
-            (locate_addon(ref, "--lora", settings.allow_pickle), scale)
-            for ref, scale in settings.loras
-        ),
+        allow_pickle=allow_pickle,
+        pickled_folder=pickled_folder,
+        config=resolve_config(config, source),
+        vae=locate_addon(vae, "--vae", allow_pickle) if vae else None,
+        loras=tuple((locate_addon(ref, "--lora", allow_pickle), scale) for ref, scale in loras),
         embeddings=tuple(
-            (locate_addon(ref, "--embedding", settings.allow_pickle), token)
-            for ref, token in settings.embeddings
+            EmbeddingRef(locate_addon(ref, "--embedding", allow_pickle), token)
+            for ref, token in embeddings
         ),
     )

@@ -7,27 +7,32 @@ StableDiffusionXLPipeline); this module decides what to load and where.
 from __future__ import annotations
 
 import json
-import pickle
+import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers.loaders import single_file
 
 from .addons import AddOn, load_embeddings, load_loras, load_vae
-from .checkpoints import WeightsFormat, named_for_its_format, refused_pickle
+from .checkpoints import WeightsFormat, load_pickle, named_for_its_format, refused_pickle
 from .errors import (
     ModelError,
     Txt2ImgError,
     UsageError,
     is_out_of_memory,
 )
-from .fast import apply_fast_path
+from .fast import apply_fast_path, speedups_for
 from .jobs import world
 from .model_source import CONFIGS, ModelPlan, ModelSource, SourceKind
-from .settings import Device, Dtype, MemorySavers, Settings
+from .options import STANDARD, TURBO
+from .settings import Device, Dtype, LoadOptions, MemorySavers
 
 PIPELINES = {cls.__name__: cls for cls in (StableDiffusionPipeline, StableDiffusionXLPipeline)}
 DTYPES = {Dtype.fp16: torch.float16, Dtype.bf16: torch.bfloat16, Dtype.fp32: torch.float32}
@@ -43,6 +48,11 @@ class ModelDefaults:
     guidance: float
     width: int
     height: int
+
+    def values(self) -> dict[str, Any]:
+        """The per-image options these fill in."""
+        return {"steps": self.steps, "guidance": self.guidance,
+                "width": self.width, "height": self.height}  # fmt: skip
 
 
 @dataclass
@@ -63,25 +73,21 @@ class LoadedModel:
 
 
 def pick_device(choice: Device) -> torch.device:
+    """Under `accelerate launch` or `torchrun` (several processes), each process takes
+    the GPU of its LOCAL_RANK; no process group is joined, since nothing in a run needs
+    one process to wait for another."""
     cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
-    if world()[1] > 1:
-        return distributed_device(use_cpu=choice is Device.cpu or not (cuda or mps))
-    if choice is Device.auto:
-        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
     if (choice is Device.cuda and not cuda) or (choice is Device.mps and not mps):
         raise UsageError(
             f"--device {choice.value} was asked for but torch sees no such device",
             "use --device cpu, or install a torch build for that device",
         )
-    return torch.device(choice.value)
-
-
-def distributed_device(use_cpu: bool) -> torch.device:
-    """Under `accelerate launch` or `torchrun`, accelerate's process state joins the
-    process group (NCCL on GPUs, gloo on CPUs) and gives each process its own device."""
-    from accelerate import PartialState
-
-    return PartialState(cpu=use_cpu).device
+    auto = "cuda" if cuda else "mps" if mps else "cpu"
+    kind = auto if choice is Device.auto else choice.value
+    if kind == "cuda" and world()[1] > 1:
+        local_rank = int(os.environ.get("LOCAL_RANK", world()[0]))
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device(kind)
 
 
 def pick_dtype(choice: Dtype, device: torch.device, speedups: tuple[str, ...] = ()) -> torch.dtype:
@@ -96,46 +102,68 @@ def pick_dtype(choice: Dtype, device: torch.device, speedups: tuple[str, ...] = 
     return DTYPES[choice]
 
 
-def load_model(
-    settings: Settings,
-    plan: ModelPlan,
-    device: torch.device,
-    dtype: torch.dtype,
-    speedups: tuple[str, ...],
+def open_model(
+    plan: ModelPlan, options: LoadOptions, speedups: tuple[str, ...] | None = None
 ) -> LoadedModel:
+    """The whole loading sequence: device, speed-ups (those of `options`, or exactly
+    `speedups`), dtype, weights, add-ons, placement."""
+    device = pick_device(options.device)
+    if speedups is None:
+        speedups = speedups_for(options, device, has_loras=bool(plan.loras))
+    dtype = pick_dtype(options.dtype, device, speedups)
     source = plan.source
-    location = source.location
     try:
         if source.kind is SourceKind.file:
             config = plan.config or CONFIGS / checkpoint_family(
-                Path(location), source.weights_format
+                Path(source.location), source.weights_format
             )
             pipe = _load_single_file(source, config, dtype)
             vae_config = (str(config), "vae")
         else:
-            pipeline_class = _pipeline_class(
-                DiffusionPipeline.load_config(location, local_files_only=settings.offline)
-            )
-            no_checker = {"safety_checker": None, "requires_safety_checker": False}
-            vae_config = (location, "vae")
-            pipe = pipeline_class.from_pretrained(
-                location,
-                dtype=dtype,
-                use_safetensors=True,
-                local_files_only=settings.offline,
-                **({} if settings.safety_checker or pipeline_class is not StableDiffusionPipeline
-                   else no_checker),
-            )  # fmt: skip
+            pipe = _load_pretrained(plan, options, dtype)
+            vae_config = (source.location, "vae")
     except Exception as exc:
         if isinstance(exc, Txt2ImgError) or is_out_of_memory(exc):
             raise
         raise _load_error(source, exc) from exc
-    addons = apply_addons(pipe, plan, vae_config, dtype, settings.offline)
+    addons = apply_addons(pipe, plan, vae_config, dtype, options.offline)
     pipe.set_progress_bar_config(disable=True)
-    place(pipe, device, settings.memory)
+    place(pipe, device, options.memory)
     apply_fast_path(pipe, speedups)
     defaults = model_defaults(pipe, source.name)
     return LoadedModel(pipe, source, defaults, device, dtype, pipe.scheduler, addons, speedups)
+
+
+def _load_pretrained(plan: ModelPlan, options: LoadOptions, dtype: torch.dtype) -> Any:
+    """A diffusers folder or Hub id. In fp16, the repository's fp16 variant where it has
+    one (half the download), else its full weights. Pickled `.bin` weights only for a
+    folder `plan_model` found and allowed them in (diffusers and transformers read them
+    with torch's weights-only loader)."""
+    location = plan.source.location
+    pipeline_class = _pipeline_class(
+        DiffusionPipeline.load_config(location, local_files_only=options.offline)
+    )
+    kwargs: dict[str, Any] = {
+        "dtype": dtype,
+        "use_safetensors": not plan.pickled_folder,
+        "local_files_only": options.offline,
+    }
+    if not options.safety_checker and pipeline_class is StableDiffusionPipeline:
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    if dtype == torch.float16 and has_fp16_variant(plan.source):
+        try:
+            return pipeline_class.from_pretrained(location, variant="fp16", **kwargs)
+        except ValueError as exc:
+            if "no such modeling files" not in str(exc):
+                raise
+    return pipeline_class.from_pretrained(location, **kwargs)
+
+
+def has_fp16_variant(source: ModelSource) -> bool:
+    """A folder tells by its file names; a Hub repository is asked (a miss falls back)."""
+    if source.kind is SourceKind.hub:
+        return True
+    return any(".fp16." in path.name for path in Path(source.location).glob("*/*"))
 
 
 def apply_addons(
@@ -148,7 +176,7 @@ def apply_addons(
             pipe.vae, vae = load_vae(plan.vae, vae_config, dtype, offline)
             addons.append(vae)
         addons += load_loras(pipe, list(plan.loras), offline)
-        addons += load_embeddings(pipe, list(plan.embeddings), offline)
+        addons += load_embeddings(pipe, list(plan.embeddings), offline, plan.allow_pickle)
     except Exception as exc:
         if isinstance(exc, Txt2ImgError) or is_out_of_memory(exc):
             raise
@@ -176,16 +204,30 @@ def place(pipe: Any, device: torch.device, memory: MemorySavers) -> None:
 def _load_single_file(source: ModelSource, config: Path, dtype: torch.dtype) -> Any:
     """An original-layout checkpoint, configured from a local diffusers config folder so
     diffusers never fetches configs from the Hub (`local_files_only` alone does not stop
-    it). The folder is `--config`, or the built-in one for the family in the weights."""
+    it). The folder is `--config`, or the built-in one for the family in the weights.
+    A pickle is read by `checkpoints.load_pickle` and handed over as tensors, so
+    diffusers never unpickles anything itself."""
     path = Path(source.location)
     pipeline_class = _pipeline_class(json.loads((config / "model_index.json").read_text()))
-    with named_for_its_format(path, source.weights_format) as named:
+    with named_for_its_format(path, source.weights_format) as named, _tensors_from_us(source):
         # Single files carry no safety checker; say so, so diffusers does not warn.
         no_checker = {"requires_safety_checker": False}
         return pipeline_class.from_single_file(
             str(named), config=str(config), local_files_only=True, dtype=dtype,
             **(no_checker if pipeline_class is StableDiffusionPipeline else {}),
         )  # fmt: skip
+
+
+@contextmanager
+def _tensors_from_us(source: ModelSource) -> Iterator[None]:
+    """While a pipeline is built from a pickled single file, diffusers' checkpoint
+    reader returns the state dict our own reader made."""
+    if source.weights_format is not WeightsFormat.pickle:
+        yield
+        return
+    state = load_pickle(Path(source.location))
+    with patch.object(single_file, "load_single_file_checkpoint", lambda *a, **k: state):
+        yield
 
 
 def checkpoint_family(path: Path, weights_format: WeightsFormat) -> str:
@@ -223,13 +265,8 @@ def _tensor_shapes(path: Path, weights_format: WeightsFormat) -> dict[str, tuple
 
         with safe_open(str(path), framework="pt") as weights:
             return {key: tuple(weights.get_slice(key).get_shape()) for key in weights.keys()}  # noqa: SIM118
-    # Only reached with --allow-pickle; mmap keeps this from reading the tensors.
-    try:
-        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise refused_pickle(exc, str(path)) from exc
-    while "state_dict" in checkpoint:
-        checkpoint = checkpoint["state_dict"]
+    # Only reached with --allow-pickle; a zip file is mapped, not read.
+    checkpoint = load_pickle(path)
     return {key: tuple(value.shape) for key, value in checkpoint.items()}
 
 
@@ -258,8 +295,8 @@ def model_defaults(pipe: Any, name: str) -> ModelDefaults:
         family = "sd-turbo"
     else:
         family = "sd2" if unet.use_linear_projection or unet.cross_attention_dim == 1024 else "sd1"
-    steps, guidance = (1, 0.0) if turbo else (30, 7.5)
-    return ModelDefaults(family, steps, guidance, side, side)
+    defaults = TURBO if turbo else STANDARD
+    return ModelDefaults(family, defaults.steps, defaults.guidance, side, side)
 
 
 def first_line(exc: BaseException) -> str:

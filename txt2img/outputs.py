@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import errno
-import json
+import io
 import os
 import re
+import socket
 import sys
 import unicodedata
 from pathlib import Path
@@ -15,6 +16,8 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from .errors import OutputError, StdoutClosed
+from .metadata import json_line
+from .pause import pause_at
 
 MAX_SLUG_LENGTH = 60
 
@@ -30,13 +33,51 @@ def image_file_name(index: int, seed: int, prompt: str) -> str:
     return f"{index:05d}-{seed}-{slugify(prompt)}.png"
 
 
-def prepare_output_dir(folder: Path, file_names: list[str]) -> set[str]:
-    """Create the folder and return which of the run's file names are already taken."""
+def taken_names(folder: Path, file_names: list[str]) -> set[str]:
+    """Which of the run's file names are taken: by a file, a folder or a link, even a
+    dangling one (`lexists`), since publishing under any of them would fail or replace
+    it. Nothing is created: the folder appears with the first image."""
+    return {name for name in file_names if os.path.lexists(folder / name)}
+
+
+def remove_stale_temporaries(folder: Path, file_names: list[str]) -> None:
+    """Remove the temporary files of the run's images that a killed run left behind
+    (SIGKILL, power loss): those made on this host by a process that no longer runs, or
+    by a process with our own PID (a container's next run often gets the same one)."""
+    if not folder.is_dir():
+        return
+    wanted = set(file_names)
+    for temporary in folder.glob(".*.tmp"):
+        owner = _temporary_owner(temporary.name)
+        if owner is None or owner[0] not in wanted or owner[1] != _HOST:
+            continue
+        if owner[2] == os.getpid() or not _process_exists(owner[2]):
+            temporary.unlink(missing_ok=True)
+
+
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+
+
+def temporary_name(target: Path) -> Path:
+    """Hidden, in the image's folder (so publishing it is a link or rename on one file
+    system), and named by host and process so that a stale one can be told from a live one."""
+    return target.with_name(f".{target.name}.{_HOST}.{os.getpid()}.tmp")
+
+
+def _temporary_owner(name: str) -> tuple[str, str, int] | None:
+    """(image name, host, pid) of a temporary file named by `temporary_name`."""
+    match = re.fullmatch(r"\.(.+\.png)\.([A-Za-z0-9-]+)\.([0-9]+)\.tmp", name)
+    return (match[1], match[2], int(match[3])) if match else None
+
+
+def _process_exists(pid: int) -> bool:
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create --output-dir {folder}: {exc.strerror}") from exc
-    return {name for name in file_names if (folder / name).exists()}
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, and belongs to someone else
+        return True
+    return True
 
 
 def refuse_existing(folder: Path, taken: list[str]) -> OutputError:
@@ -54,19 +95,22 @@ def write_png(
 
     The PNG goes to a hidden temporary file in the same folder first; a hard link then
     publishes it under its name, which fails if the name is taken (or, with `replace`,
-    an atomic rename swaps it in). A crash or Ctrl-C at any point leaves either no file
-    or a complete one.
+    an atomic rename swaps it in). Ctrl-C, SIGTERM or SIGHUP at any point leave either
+    no file or a complete one; after SIGKILL the temporary file stays until the next run
+    for that image removes it (`remove_stale_temporaries`).
     """
     info = PngInfo()
     for key, value in text_chunks.items():
         info.add_text(key, value)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    temporary = temporary_name(target)
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(descriptor, "wb") as handle:
             image.save(handle, format="PNG", pnginfo=info)
             handle.flush()
             os.fsync(handle.fileno())
+        pause_at(f"write:{target.name}")
         if replace:
             os.replace(temporary, target)
         else:
@@ -91,6 +135,23 @@ def _publish(temporary: Path, target: Path) -> None:
         os.rename(temporary, target)
 
 
+def check_stdout() -> None:
+    """Refuse to start when stdout is closed (`>&-`): the run's results could not be
+    told, and the first file it opened would take descriptor 1."""
+    stream = sys.stdout
+    try:
+        if stream is None:
+            raise OSError(errno.EBADF, "closed")
+        os.fstat(stream.fileno())
+    except (AttributeError, ValueError, io.UnsupportedOperation):
+        return  # not a real file (a test runner's buffer): nothing to check
+    except OSError as exc:
+        raise OutputError(
+            "standard output is closed; the images' paths could not be printed",
+            "run without >&-, or send stdout to a file or /dev/null",
+        ) from exc
+
+
 def emit(line: str) -> None:
     """Print one result line on stdout right away."""
     try:
@@ -98,27 +159,31 @@ def emit(line: str) -> None:
         sys.stdout.flush()
     except BrokenPipeError as exc:
         raise StdoutClosed from exc
+    except OSError as exc:  # /dev/full, a full disk, an I/O error
+        raise OutputError(
+            f"cannot write to standard output: {exc.strerror or exc}",
+            "the images written so far are complete; free space or send stdout elsewhere",
+        ) from exc
 
 
 class Results:
     """stdout: one path per written image, or with --json one object per image,
-    including those skipped (--resume) or failed (--keep-going)."""
+    including those skipped (--resume) or failed (--keep-going), all with the same keys
+    (`metadata.JSON_KEYS`)."""
 
     def __init__(self, json_lines: bool) -> None:
         self.json_lines = json_lines
 
-    def written(self, path: Path, details: dict[str, Any]) -> None:
+    def written(self, path: Path, job: Any, record: dict[str, Any], seconds: float) -> None:
         if self.json_lines:
-            emit(json.dumps({"status": "ok", "path": str(path), **details}, ensure_ascii=False))
+            emit(json_line("ok", str(path), job, **record, seconds=round(seconds, 3)))
         else:
             emit(str(path))
 
-    def skipped(self, path: Path, details: dict[str, Any]) -> None:
+    def skipped(self, path: Path, job: Any) -> None:
         if self.json_lines:
-            emit(
-                json.dumps({"status": "skipped", "path": str(path), **details}, ensure_ascii=False)
-            )
+            emit(json_line("skipped", str(path), job))
 
-    def failed(self, error: str, details: dict[str, Any]) -> None:
+    def failed(self, path: Path, job: Any, error: str) -> None:
         if self.json_lines:
-            emit(json.dumps({"status": "failed", "error": error, **details}, ensure_ascii=False))
+            emit(json_line("failed", str(path), job, error=error))

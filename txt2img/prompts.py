@@ -8,8 +8,9 @@ Two formats:
       a red fox at dawn --seed 7 --steps 40 --negative-prompt "blurry, low quality"
 
   The options start at the first whitespace-separated word that is ``--`` followed by a
-  letter (``--seed``, ``--seed=7``, ``--typo``), or that is exactly one of the CLI's short
-  aliases (``-n -s -g -W -H -N``, and ``-m -o -q -h -f``, which are refused per prompt).
+  letter (``--seed``, ``--seed=7``, ``--typo``), or that is exactly one of the command
+  line's short flags (``-n -s -g -W -H -N``, and the per-run ones such as ``-m -o -b -q -f``,
+  which are refused per prompt); all of them come from `options.OPTIONS`.
   The prompt is the raw text before that word, stripped and otherwise kept as written
   (quotes in it are literal); only the options are split with shell quoting rules. So
   ``a fox -- at -3 degrees`` or ``a t-shirt`` are plain prompts, and an unknown ``--word``
@@ -20,7 +21,9 @@ Two formats:
   `OVERRIDE_KEYS`, e.g. ``{"prompt": "a red fox", "seed": 7, "guidance": 6}``.
 
 In both, blank lines and lines whose first non-space character is ``#`` are skipped and
-line numbers count every line. Every problem is a `UsageError` naming ``source:line``.
+line numbers count every line. A line may hold at most `MAX_LINE_BYTES` bytes and a file
+at most `MAX_IMAGES` prompts, so an endless input is refused at once. Every problem is
+a `UsageError` naming ``source:line``.
 Pure Python: no torch, diffusers or PIL here.
 """
 
@@ -34,24 +37,23 @@ import re
 import shlex
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from .errors import UsageError
-from .schedulers import SCHEDULERS
-from .settings import check_image_options, check_prompt
-
-OVERRIDE_KEYS = (
-    "negative_prompt",
-    "seed",
-    "steps",
-    "guidance",
-    "width",
-    "height",
-    "num_images",
-    "scheduler",
+from .options import (
+    BY_KEY,
+    IMAGE_OPTIONS,
+    MAX_IMAGES,
+    MAX_LINE_BYTES,
+    Option,
+    all_flags,
+    check_prompt,
 )
+
+OVERRIDE_KEYS = tuple(option.key for option in IMAGE_OPTIONS)
 
 _STDIN_NAME = "<stdin>"
 
@@ -63,36 +65,11 @@ class PromptLine:
     overrides: dict[str, Any]  # only the OVERRIDE_KEYS this line set, typed and validated
 
 
-@dataclass(frozen=True)
-class _Option:
-    key: str
-    flag: str
-    alias: str | None
-    kind: type  # int, float or str
-
-    @property
-    def spellings(self) -> str:
-        return f"{self.flag}/{self.alias}" if self.alias else self.flag
-
-
-_OPTIONS = (
-    _Option("negative_prompt", "--negative-prompt", "-n", str),
-    _Option("seed", "--seed", None, int),
-    _Option("steps", "--steps", "-s", int),
-    _Option("guidance", "--guidance", "-g", float),
-    _Option("width", "--width", "-W", int),
-    _Option("height", "--height", "-H", int),
-    _Option("num_images", "--num-images", "-N", int),
-    _Option("scheduler", "--scheduler", None, str),
-)
-_BY_SPELLING = {s: option for option in _OPTIONS for s in (option.flag, option.alias) if s}
-_BY_KEY = {option.key: option for option in _OPTIONS}
-_CLI_ONLY_ALIASES = ("-m", "-o", "-q", "-h", "-f")
-_SHORT_ALIASES = "".join(s[1] for s in (*_BY_SPELLING, *_CLI_ONLY_ALIASES) if len(s) == 2)
-_OPTIONS_START = re.compile(rf"(?<!\S)(?:--[A-Za-z]|-[{_SHORT_ALIASES}](?!\S))")
-_IMAGE_KEYS = ("seed", "steps", "guidance", "width", "height", "num_images")
+_BY_SPELLING = {flag: option for option in IMAGE_OPTIONS for flag in option.flags}
+_SHORT_FLAGS = "".join(flag[1] for flag in all_flags() if len(flag) == 2)
+_OPTIONS_START = re.compile(rf"(?<!\S)(?:--[A-Za-z]|-[{_SHORT_FLAGS}](?!\S))")
 _KIND_NAMES = {int: "an integer", float: "a number", str: "a string"}
-_PER_PROMPT = ", ".join(option.spellings for option in _OPTIONS)
+_PER_PROMPT = ", ".join(option.spellings for option in IMAGE_OPTIONS)
 _JSON_EXAMPLE = '{"prompt": "a red fox", "seed": 7}'
 _JSONL_HINT = f"write one JSON object per line, e.g. {_JSON_EXAMPLE}"
 _TEXT_HINT = "write one prompt per line; blank lines and lines starting with # are skipped"
@@ -101,26 +78,62 @@ _TEXT_HINT = "write one prompt per line; blank lines and lines starting with # a
 def read_prompt_lines(source: str, stdin: BinaryIO | None = None) -> list[PromptLine]:
     """Read and check every prompt in `source`, a path or "-" for `stdin` (default: sys.stdin)."""
     name = _STDIN_NAME if source == "-" else source
-    data = _read_stdin(stdin) if source == "-" else _read_file(source)
     is_jsonl = source != "-" and source.lower().endswith(".jsonl")
     parse = _parse_json_line if is_jsonl else _parse_text_line
     prompts = []
-    for number, raw in _numbered_lines(data):
-        try:
-            text = _decode(raw)
-            if not text.strip() or text.lstrip().startswith("#"):
-                continue
-            prompt, overrides = parse(text)
-            _check(prompt, overrides)
-        except UsageError as exc:
-            raise UsageError(f"{name}:{number}: {exc.message}", exc.hint) from exc
-        prompts.append(PromptLine(number, prompt, overrides))
+    with _open_source(source, stdin) as stream:
+        for number, raw in _numbered_lines(stream):
+            try:
+                prompt = _parse_line(raw, parse, number)
+            except UsageError as exc:
+                raise UsageError(f"{name}:{number}: {exc.message}", exc.hint) from exc
+            if prompt is not None:
+                prompts.append(prompt)
+            if len(prompts) > MAX_IMAGES:
+                raise UsageError(
+                    f"{name} holds more than {MAX_IMAGES} prompts",
+                    "split it into several runs",
+                )
     if not prompts:
         raise UsageError(f"{name} holds no prompts", _JSONL_HINT if is_jsonl else _TEXT_HINT)
     return prompts
 
 
-def _read_stdin(stdin: BinaryIO | None) -> bytes:
+def _parse_line(raw: bytes, parse: Any, number: int) -> PromptLine | None:
+    if len(raw) > MAX_LINE_BYTES:
+        raise UsageError(
+            f"the line is longer than {MAX_LINE_BYTES} bytes (is this a text file?)",
+            "write one prompt per line",
+        )
+    text = _decode(raw)
+    if not text.strip() or text.lstrip().startswith("#"):
+        return None
+    prompt, overrides = parse(text)
+    check_prompt(prompt)
+    return PromptLine(number, prompt, overrides)
+
+
+@contextmanager
+def _open_source(source: str, stdin: BinaryIO | None) -> Iterator[BinaryIO]:
+    if source == "-":
+        yield _stdin_stream(stdin)
+        return
+    if not source:
+        raise UsageError("--prompts-file is empty", "give a path, or - for standard input")
+    if Path(source).is_dir():
+        raise UsageError(f"--prompts-file {source} is a folder", "give a text or .jsonl file")
+    try:
+        with open(source, "rb") as stream:
+            yield stream
+    except FileNotFoundError:
+        raise UsageError(f"--prompts-file {source} does not exist", "check the path") from None
+    except OSError as exc:
+        raise UsageError(
+            f"cannot read --prompts-file {source}: {exc.strerror or exc}", "check its permissions"
+        ) from exc
+
+
+def _stdin_stream(stdin: BinaryIO | None) -> BinaryIO:
     stream = stdin if stdin is not None else getattr(sys.stdin, "buffer", None)
     if stream is None:
         raise UsageError("--prompts-file - reads standard input, but there is none")
@@ -129,33 +142,24 @@ def _read_stdin(stdin: BinaryIO | None) -> bytes:
             "--prompts-file - reads standard input, but it is a terminal",
             "pipe prompts in, e.g. cat prompts.txt | txt2img -f -",
         )
-    try:
-        return stream.read()
-    except OSError as exc:
-        raise UsageError(f"cannot read standard input: {exc.strerror or exc}") from exc
+    return stream
 
 
-def _read_file(path: str) -> bytes:
-    if not path:
-        raise UsageError("--prompts-file is empty", "give a path, or - for standard input")
-    file = Path(path)
-    if file.is_dir():
-        raise UsageError(f"--prompts-file {path} is a folder", "give a text or .jsonl file")
-    try:
-        return file.read_bytes()
-    except FileNotFoundError:
-        raise UsageError(f"--prompts-file {path} does not exist", "check the path") from None
-    except OSError as exc:
-        raise UsageError(
-            f"cannot read --prompts-file {path}: {exc.strerror or exc}", "check its permissions"
-        ) from exc
-
-
-def _numbered_lines(data: bytes) -> Iterator[tuple[int, bytes]]:
-    """Undecoded lines, so a bad byte is reported with its own line number."""
-    data = data.removeprefix(codecs.BOM_UTF8)
-    for number, raw in enumerate(data.split(b"\n"), start=1):
-        yield number, raw.removesuffix(b"\r")
+def _numbered_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
+    """Undecoded lines, so a bad byte is reported with its own line number. A line is
+    read only up to just past the limit, so `-f /dev/zero` is refused at once."""
+    number = 0
+    while True:
+        try:
+            raw = stream.readline(MAX_LINE_BYTES + 2)
+        except OSError as exc:
+            raise UsageError(f"cannot read the prompts: {exc.strerror or exc}") from exc
+        if not raw:
+            return
+        number += 1
+        if number == 1:
+            raw = raw.removeprefix(codecs.BOM_UTF8)
+        yield number, raw.removesuffix(b"\n").removesuffix(b"\r")
 
 
 def _decode(raw: bytes) -> str:
@@ -196,7 +200,7 @@ def _parse_options(words: list[str]) -> dict[str, Any]:
             value = next(rest, None)
             if value is None or _is_option(value):
                 raise UsageError(f"{spelling} needs a value")
-        overrides[option.key] = _convert(spelling, option.kind, value)
+        overrides[option.key] = _convert(spelling, option, value)
     return overrides
 
 
@@ -210,7 +214,7 @@ def _not_an_option(word: str) -> UsageError:
             f"unexpected {word!r} after the options",
             'the prompt comes first, then its options; quote values with spaces, e.g. -n "a, b"',
         )
-    close = difflib.get_close_matches(word, [option.flag for option in _OPTIONS], n=1)
+    close = difflib.get_close_matches(word, [option.flag for option in IMAGE_OPTIONS], n=1)
     did_you_mean = f"did you mean {close[0]}? " if close else ""
     return UsageError(
         f"{word} is not a per-prompt option",
@@ -218,11 +222,13 @@ def _not_an_option(word: str) -> UsageError:
     )
 
 
-def _convert(spelling: str, kind: type, value: str) -> Any:
+def _convert(spelling: str, option: Option, value: str) -> Any:
     try:
-        return kind(value)
+        typed = option.kind(value)
     except ValueError:
-        raise UsageError(f"{spelling} expects {_KIND_NAMES[kind]}, got {value!r}") from None
+        raise UsageError(f"{spelling} expects {_KIND_NAMES[option.kind]}, got {value!r}") from None
+    option.validate(typed)
+    return typed
 
 
 def _parse_json_line(text: str) -> tuple[str, dict[str, Any]]:
@@ -233,6 +239,10 @@ def _parse_json_line(text: str) -> tuple[str, dict[str, Any]]:
             f"not valid JSON: {exc.msg} at column {exc.colno}",
             _JSONL_HINT,
         ) from None
+    except RecursionError:
+        raise UsageError("the JSON is nested too deeply", _JSONL_HINT) from None
+    except ValueError as exc:  # an integer of more digits than Python converts
+        raise UsageError(f"not usable JSON: {exc}".split(";")[0], _JSONL_HINT) from None
     if not isinstance(record, dict):
         raise UsageError(
             f"expected a JSON object, got {_json_text(record)}", f"e.g. {_JSON_EXAMPLE}"
@@ -242,8 +252,8 @@ def _parse_json_line(text: str) -> tuple[str, dict[str, Any]]:
     prompt = _json_value("prompt", str, record.pop("prompt"))
     overrides = {}
     for key, value in record.items():
-        option = _BY_KEY.get(key)
-        if option is None:
+        option = BY_KEY.get(key)
+        if option is None or not option.per_image:
             close = difflib.get_close_matches(key, OVERRIDE_KEYS, n=1)
             did_you_mean = f"did you mean {close[0]!r}? " if close else ""
             raise UsageError(
@@ -251,6 +261,7 @@ def _parse_json_line(text: str) -> tuple[str, dict[str, Any]]:
                 f"{did_you_mean}keys are prompt, {', '.join(OVERRIDE_KEYS)}",
             )
         overrides[key] = _json_value(key, option.kind, value)
+        option.validate(overrides[key])
     return prompt, overrides
 
 
@@ -279,13 +290,3 @@ def _json_value(key: str, kind: type, value: Any) -> Any:
 def _json_text(value: Any) -> str:
     text = json.dumps(value, ensure_ascii=False)
     return text if len(text) <= 40 else f"{text[:37]}..."
-
-
-def _check(prompt: str, overrides: dict[str, Any]) -> None:
-    check_prompt(prompt)
-    check_image_options(**{key: overrides[key] for key in overrides if key in _IMAGE_KEYS})
-    scheduler = overrides.get("scheduler")
-    if scheduler is not None and scheduler not in SCHEDULERS:
-        raise UsageError(
-            f"unknown --scheduler {scheduler!r}", f"choose one of {', '.join(SCHEDULERS)}"
-        )

@@ -7,12 +7,12 @@ imports and the model load.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
+import warnings
 
-from .errors import PartialFailure, UsageError
-from .jobs import plan_jobs, process_share, world
+from .errors import PartialFailure, UsageError, debug_enabled
+from .jobs import ImageJob, plan_jobs, process_share, world
 from .model_source import plan_model
-from .outputs import Results, prepare_output_dir, refuse_existing
+from .outputs import Results, check_stdout, refuse_existing, remove_stale_temporaries, taken_names
 from .progress import Reporter
 from .settings import Existing, Settings
 
@@ -23,36 +23,64 @@ def run(settings: Settings) -> None:
             "several processes need one shared --seed (each would draw its own)",
             "pass --seed to accelerate launch / torchrun runs",
         )
-    plan = plan_model(settings)
+    check_stdout()
+    plan = plan_model(
+        settings.model,
+        allow_pickle=settings.allow_pickle,
+        config=settings.config,
+        vae=settings.vae,
+        loras=settings.loras,
+        embeddings=settings.embeddings,
+    )
     jobs = process_share(plan_jobs(settings))
     names = [job.file_name for job in jobs]
     if settings.save_steps:
         names += [job.strip_name for job in jobs]
-    taken = prepare_output_dir(settings.output_dir, names)
-    results = Results(settings.json_lines)
+    remove_stale_temporaries(settings.output_dir, names)
+    taken = taken_names(settings.output_dir, names)
     if taken and settings.existing is Existing.refuse:
         raise refuse_existing(settings.output_dir, sorted(taken))
+    results = Results(settings.json_lines)
+    done = set()
     if settings.existing is Existing.skip:
+        done = {job.index for job in jobs if is_done(settings, job, taken)}
         for job in jobs:
-            if job.file_name in taken:
-                results.skipped(settings.output_dir / job.file_name, asdict(job))
-        jobs = [job for job in jobs if job.file_name not in taken]
-    reporter = Reporter(settings.quiet, total_images=len(jobs))
+            if job.index in done:
+                results.skipped(settings.output_dir / job.file_name, job)
+    to_draw = len(jobs) - len(done)
+    reporter = Reporter(settings.quiet, total_images=to_draw)
     if settings.seed_is_random:
-        reporter.info(f"seed: {settings.seed} (drawn at random; --seed {settings.seed} repeats it)")
-    if not jobs:
+        reporter.info(f"seed: {settings.image['seed']} (drawn at random; "
+                      f"--seed {settings.image['seed']} repeats it)")  # fmt: skip
+    if not to_draw:
+        where = "this process's" if world()[1] > 1 else "all"
         reporter.info(
-            f"nothing to do: all {len(taken)} images are already in {settings.output_dir}"
+            f"nothing to do: {where} {len(jobs)} images are already in {settings.output_dir}"
         )
         return
-    if settings.offline:
-        os.environ["HF_HUB_OFFLINE"] = "1"  # read by huggingface_hub when it is imported
-    if settings.quiet:
-        # Read by transformers and diffusers when they are first imported, just below.
-        os.environ["TRANSFORMERS_VERBOSITY"] = os.environ["DIFFUSERS_VERBOSITY"] = "error"
-        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    quiet_libraries(settings)
     from .generate import generate  # torch and diffusers load only from here on
 
-    failed = generate(settings, plan, jobs, reporter, results)
+    failed = generate(settings, plan, jobs, done, taken, reporter, results)
     if failed:
-        raise PartialFailure(f"{failed} of {len(jobs)} images failed", "see the messages above")
+        raise PartialFailure(f"{failed} of {to_draw} images failed", "see the messages above")
+
+
+def is_done(settings: Settings, job: ImageJob, taken: set[str]) -> bool:
+    """Under --resume: an image is done when its file (and, with --save-steps, its
+    strip) is there."""
+    return job.file_name in taken and (not settings.save_steps or job.strip_name in taken)
+
+
+def quiet_libraries(settings: Settings) -> None:
+    """stderr carries txt2img's own lines; the libraries' warnings, logs and progress
+    bars only with --verbose or TXT2IMG_DEBUG=1. Set before the libraries are imported,
+    which read these variables then."""
+    if settings.load.offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if settings.verbose or debug_enabled():
+        return
+    os.environ["TRANSFORMERS_VERBOSITY"] = os.environ["DIFFUSERS_VERBOSITY"] = "error"
+    os.environ["TRANSFORMERS_NO_ADVISORY_WARNINGS"] = "1"
+    warnings.filterwarnings("ignore")

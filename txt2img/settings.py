@@ -1,7 +1,7 @@
-"""The settings of one run, their defaults, and their validation.
+"""The settings of one run, built from the command line's values and checked.
 
 Everything here is checked before any model is loaded, and nothing here imports
-torch or diffusers.
+torch or diffusers. Options and their defaults are declared in `options.py`.
 """
 
 from __future__ import annotations
@@ -9,21 +9,16 @@ from __future__ import annotations
 import math
 import os
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import OutputError, UsageError
+from .options import BY_KEY, IMAGE_OPTIONS, MAX_IMAGES, MAX_SEED
 
 if TYPE_CHECKING:
     from .prompts import PromptLine
-
-DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-DEFAULT_OUTPUT_DIR = Path("outputs")
-MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed accepts up to this
-MAX_SIDE = 8192
-MAX_STEPS = 500  # every scheduler here handles it; PNDM breaks at 1000
 
 
 class Device(str, Enum):
@@ -66,43 +61,42 @@ class MemorySavers:
 
 
 @dataclass(frozen=True)
-class Settings:
-    """One run. `None` means "the model's default", resolved once the model is loaded.
+class LoadOptions:
+    """How to load and place a model: what `models.open_model` needs, and no more."""
 
-    `prompts` holds the command-line prompt or the lines of --prompts-file; their
-    per-line options override the settings here.
-    """
-
-    prompts: tuple[PromptLine, ...]
-    model: str = DEFAULT_MODEL
-    negative_prompt: str = ""
-    steps: int | None = None
-    guidance: float | None = None
-    width: int | None = None
-    height: int | None = None
-    seed: int = 0
-    seed_is_random: bool = False
-    num_images: int = 1
-    scheduler: str | None = None
-    output_dir: Path = DEFAULT_OUTPUT_DIR
     device: Device = Device.auto
     dtype: Dtype = Dtype.auto
-    quiet: bool = False
-    batch_size: int = 1
-    json_lines: bool = False
-    existing: Existing = Existing.refuse
-    keep_going: bool = False
-    config: str | None = None  # for single-file checkpoints: a built-in name or a folder
-    offline: bool = False
-    allow_pickle: bool = False
-    memory: MemorySavers = field(default_factory=lambda: MemorySavers())
-    compile_unet: bool = False
     fast: bool = False  # the speed-ups that won on this kind of device (see fast.py)
+    compile: bool = False
+    memory: MemorySavers = MemorySavers()
     safety_checker: bool = True
-    vae: str | None = None  # a replacement VAE: folder, file or Hub id
-    loras: tuple[tuple[str, float], ...] = ()  # (path or Hub id, scale), applied in order
-    embeddings: tuple[tuple[str, str | None], ...] = ()  # (path or Hub id, trigger token)
-    save_steps: int | None = None  # also write a strip of every N-th step's clean estimate
+    offline: bool = False
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One run. `image` holds the command line's value of every per-image option
+    (`options.IMAGE_OPTIONS`; None means the model's default); a prompt line's own
+    options override them for that line."""
+
+    prompts: tuple[PromptLine, ...]
+    image: dict[str, Any]
+    seed_is_random: bool
+    model: str
+    output_dir: Path
+    load: LoadOptions
+    quiet: bool
+    verbose: bool
+    batch_size: int
+    json_lines: bool
+    existing: Existing
+    keep_going: bool
+    config: str | None  # for single-file checkpoints: a built-in name or a folder
+    allow_pickle: bool
+    vae: str | None  # a replacement VAE: folder, file or Hub id
+    loras: tuple[tuple[str, float], ...]  # (path or Hub id, scale), applied in order
+    embeddings: tuple[tuple[str, str | None], ...]  # (path or Hub id, trigger token)
+    save_steps: int | None  # also write a strip of every N-th step's clean estimate
 
 
 def random_seed() -> int:
@@ -110,69 +104,83 @@ def random_seed() -> int:
     return secrets.randbelow(2**32)
 
 
-def validate(settings: Settings) -> Settings:
-    """Raise a `UsageError` or `OutputError` naming the first bad setting."""
-    for line in settings.prompts:
-        check_prompt(line.prompt)
-    if not settings.model.strip():
+def build_settings(prompts: tuple[PromptLine, ...], values: dict[str, Any]) -> Settings:
+    """Settings from the command line's `values` (one per `options.OPTIONS` key), checked;
+    raise a `UsageError` or `OutputError` naming the first bad one."""
+    for key, value in values.items():
+        BY_KEY[key].validate(value)
+    image = {option.key: values[option.key] for option in IMAGE_OPTIONS}
+    seed_is_random = image["seed"] is None
+    if seed_is_random:
+        image["seed"] = random_seed()
+    check_seed_range(image["seed"], image["num_images"])
+    if not values["model"].strip():
         raise UsageError("--model is empty", "give a Hub id or a local model folder")
-    check_image_options(
-        steps=settings.steps,
-        guidance=settings.guidance,
-        width=settings.width,
-        height=settings.height,
-        num_images=settings.num_images,
-        seed=settings.seed,
-    )
-    _check_range("--batch-size", settings.batch_size, 1, None)
-    _check_range("--save-steps", settings.save_steps, 1, None)
-    if settings.existing is Existing.skip and settings.seed_is_random:
+    existing = existing_policy(values["resume"], values["overwrite"])
+    if existing is Existing.skip and seed_is_random:
         raise UsageError(
             "--resume needs the --seed of the run it resumes",
             "the seed was printed when that run started and is in its images' metadata",
         )
+    savers = ("cpu_offload", "vae_tiling", "vae_slicing", "attention_slicing")
+    memory = (
+        MemorySavers.all()
+        if values["low_vram"]
+        else MemorySavers(*(values[name] for name in savers))
+    )
+    settings = Settings(
+        prompts=prompts,
+        image=image,
+        seed_is_random=seed_is_random,
+        model=values["model"],
+        output_dir=values["output_dir"],
+        load=LoadOptions(
+            device=Device(values["device"]),
+            dtype=Dtype(values["dtype"]),
+            fast=values["fast"],
+            compile=values["compile"],
+            memory=memory,
+            safety_checker=values["safety_checker"],
+            offline=values["offline"],
+        ),
+        quiet=values["quiet"],
+        verbose=values["verbose"],
+        batch_size=values["batch_size"],
+        json_lines=values["json_lines"],
+        existing=existing,
+        keep_going=values["keep_going"],
+        config=values["config"],
+        allow_pickle=values["allow_pickle"],
+        vae=values["vae"],
+        loras=tuple(parse_lora(value) for value in values["lora"] or ()),
+        embeddings=tuple(split_suffix(v, "--embedding") for v in values["embedding"] or ()),
+        save_steps=values["save_steps"],
+    )
     _check_output_dir(settings.output_dir)
     return settings
 
 
-def check_prompt(prompt: str) -> None:
-    if not prompt.strip():
-        raise UsageError("the prompt is empty", "give the text to draw, e.g. txt2img 'a red fox'")
-
-
-def check_image_options(
-    *,
-    steps: int | None = None,
-    guidance: float | None = None,
-    width: int | None = None,
-    height: int | None = None,
-    num_images: int = 1,
-    seed: int | None = None,
-) -> None:
-    """The per-image settings, checked the same way on the command line and per prompt."""
-    _check_range("--steps", steps, 1, MAX_STEPS)
-    if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
+def check_seed_range(seed: int, num_images: int) -> None:
+    """Every image's seed (seed + i) must fit the generator."""
+    if seed > MAX_SEED - (num_images - 1):
         raise UsageError(
-            f"--guidance must be a finite number >= 0, got {guidance}",
-            "7.5 is usual, 0 turns classifier-free guidance off",
+            f"--seed {seed} + {num_images - 1} images is past the largest seed, {MAX_SEED}",
+            "choose a smaller --seed",
         )
-    for flag, side in (("--width", width), ("--height", height)):
-        _check_range(flag, side, 8, MAX_SIDE)
-        if side is not None and side % 8:
-            lower, upper = side // 8 * 8, side // 8 * 8 + 8
-            raise UsageError(
-                f"{flag} must be a multiple of 8, got {side}", f"try {lower or 8} or {upper}"
-            )
-    _check_range("--num-images", num_images, 1, None)
-    _check_range("--seed", seed, 0, MAX_SEED - (num_images - 1))
 
 
-def _check_range(flag: str, value: int | None, low: int, high: int | None) -> None:
-    if value is None:
-        return
-    if value < low or (high is not None and value > high):
-        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise UsageError(f"{flag} must be {bounds}, got {value}")
+def check_image_count(count: int) -> None:
+    if count > MAX_IMAGES:
+        raise UsageError(
+            f"the run would make more than {MAX_IMAGES} images",
+            "split the job into several runs (--seed and file names follow the run's index)",
+        )
+
+
+def existing_policy(resume: bool, overwrite: bool) -> Existing:
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite contradict each other", "choose one")
+    return Existing.skip if resume else Existing.replace if overwrite else Existing.refuse
 
 
 def _check_output_dir(folder: Path) -> None:

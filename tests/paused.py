@@ -1,0 +1,52 @@
+"""A real txt2img process that stops at a known point and waits for the test.
+
+The child announces the pause point (see txt2img/pause.py) on stderr and blocks until the
+test writes to its pipe or signals it, so what the test does next happens at exactly that
+point, however fast or slow the machine is. No sleeping, no racing.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+
+def process_env(**extra: str) -> dict[str, str]:
+    # One thread each: the test process and the CLI process share the machine's cores.
+    env = {**os.environ, "NO_COLOR": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("TXT2IMG_DEBUG", None)
+    return {**env, **extra}
+
+
+class PausedChild:
+    def __init__(self, args, point: str, **popen) -> None:
+        read_end, self._go = os.pipe()
+        env = process_env(TXT2IMG_TEST_PAUSE=point, TXT2IMG_TEST_PAUSE_FD=str(read_end))
+        self.point = point
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "txt2img", *map(str, args)],
+            stdout=popen.pop("stdout", subprocess.PIPE), stderr=subprocess.PIPE, text=True,
+            env=env, pass_fds=(read_end,), **popen,
+        )  # fmt: skip
+        os.close(read_end)
+
+    def wait_for_pause(self) -> None:
+        """Return once the child has reached its pause point (and is waiting there)."""
+        seen = []
+        for line in self.process.stderr:
+            if line.strip() == f"txt2img: paused at {self.point}":
+                return
+            seen.append(line)
+        self.process.wait(timeout=60)
+        raise AssertionError(f"the child ended before {self.point}: {''.join(seen)}")
+
+    def go_on(self) -> None:
+        os.write(self._go, b"x")
+
+    def finish(self, timeout: float = 120) -> tuple[str, str, int]:
+        """(stdout, the rest of stderr, exit code) once the child has ended."""
+        stdout = self.process.stdout.read() if self.process.stdout else ""
+        stderr = self.process.stderr.read()
+        os.close(self._go)
+        return stdout, stderr, self.process.wait(timeout=timeout)

@@ -1,0 +1,231 @@
+"""Every option of the command, declared once.
+
+The command line (`cli.py`), the prompts-file parser (`prompts.py`), the job plan and its
+batch grouping (`jobs.py`), the JSON records and the PNG metadata (`metadata.py`) all
+derive from `OPTIONS`. A per-image option is one `Option(..., per_image=True)` entry here
+plus its behaviour where it acts on the pipeline.
+
+Pure Python: no torch, diffusers or typer here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+from .schedulers import SCHEDULERS
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed accepts up to this
+MAX_SIDE = 8192
+MAX_STEPS = 500  # every scheduler here handles it; PNDM breaks at 1000
+MAX_IMAGES = 100_000  # images one run may plan; a larger job is split into runs
+MAX_PROMPT_CHARS = 16_384  # about 4,000 CLIP tokens
+MAX_LINE_BYTES = 65_536  # one line of a prompts file
+
+
+@dataclass(frozen=True)
+class FamilyDefaults:
+    """Steps and guidance where the user gives none (the size is the model's own)."""
+
+    steps: int
+    guidance: float
+
+
+STANDARD = FamilyDefaults(steps=30, guidance=7.5)
+TURBO = FamilyDefaults(steps=1, guidance=0.0)  # distilled for one step, no guidance
+
+
+def check_range(flag: str, value: int | None, low: int, high: int | None) -> None:
+    if value is None:
+        return
+    if value < low or (high is not None and value > high):
+        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise UsageError(f"{flag} must be {bounds}, got {value}")
+
+
+def check_text(flag: str, text: str) -> None:
+    """Text must be encodable Unicode (no lone surrogates from undecodable argv bytes or
+    a JSON "\\ud800") and of a bounded length, so it cannot fail later in a tokenizer."""
+    if len(text) > MAX_PROMPT_CHARS:
+        raise UsageError(
+            f"{flag} is {len(text)} characters long, more than {MAX_PROMPT_CHARS}",
+            "shorten it; CLIP reads about 4 characters a token",
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UsageError(
+            f"{flag} is not valid Unicode (a lone surrogate at character {exc.start + 1})",
+            "it came from bytes that are not UTF-8; pass the text as UTF-8",
+        ) from None
+
+
+def _check_guidance(flag: str, value: float | None) -> None:
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise UsageError(
+            f"{flag} must be a finite number >= 0, got {value}",
+            "7.5 is usual, 0 turns classifier-free guidance off",
+        )
+
+
+def _check_side(flag: str, side: int | None) -> None:
+    check_range(flag, side, 8, MAX_SIDE)
+    if side is not None and side % 8:
+        lower, upper = side // 8 * 8, side // 8 * 8 + 8
+        raise UsageError(
+            f"{flag} must be a multiple of 8, got {side}", f"try {lower or 8} or {upper}"
+        )
+
+
+def _checked_range(low: int, high: int | None) -> Callable[[str, Any], None]:
+    return lambda flag, value: check_range(flag, value, low, high)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option. `default` None for a per-image option means "the model's default",
+    resolved once the model is loaded (or, for --seed, drawn at random)."""
+
+    key: str  # Settings / ImageJob key, JSON key, per-line JSONL key
+    flags: tuple[str, ...]  # command-line spellings, the long one first
+    help: str
+    kind: type = str  # int, float, str, bool or Path
+    default: Any = None
+    per_image: bool = False  # may be set per prompt line; recorded with every image
+    choices: tuple[str, ...] | None = None
+    check: Callable[[str, Any], None] | None = None  # (flag, value) -> raise UsageError
+    repeat: bool = False
+    envvar: str | None = None
+    off_flag: str | None = None  # the flag that turns a bool option off
+    infotext: str | None = None  # AUTOMATIC1111's key, where it has one of its own
+    # How a per-image option groups jobs into one pipeline call: "equal" (the same
+    # value), "free" (may differ within a call), or "given" (set or not, e.g. an SDXL
+    # empty negative prompt uses zero embeddings, unlike any text).
+    batch: str = "equal"
+    recorded: bool = True  # part of an image's record (num_images is not)
+
+    @property
+    def flag(self) -> str:
+        return self.flags[0]
+
+    @property
+    def spellings(self) -> str:
+        return "/".join(self.flags)
+
+    def validate(self, value: Any) -> None:
+        """Check a typed value (from the command line, a prompt line or JSON); errors
+        name the option by its long flag."""
+        if value is None:
+            return
+        flag = self.flag
+        if self.choices is not None and value not in self.choices:
+            choices = ", ".join(self.choices)
+            raise UsageError(f"unknown {flag} {value!r}", f"choose one of {choices}")
+        if isinstance(value, str):
+            check_text(flag, value)
+        if self.check is not None:
+            self.check(flag, value)
+
+
+OPTIONS: tuple[Option, ...] = (
+    # Per image: settable on the command line, on a prompts-file line and in JSONL.
+    Option("negative_prompt", ("--negative-prompt", "-n"), "What to keep out of the image.",
+           default="", per_image=True, batch="given"),
+    Option("seed", ("--seed",), "Base seed; image i uses seed + i (default: random, printed "
+           "on stderr).", int, per_image=True, check=_checked_range(0, MAX_SEED),
+           infotext="Seed", batch="free"),
+    Option("steps", ("--steps", "-s"), "Denoising steps (default: 30; Turbo models: 1).", int,
+           per_image=True, check=_checked_range(1, MAX_STEPS), infotext="Steps"),
+    Option("guidance", ("--guidance", "-g"), "Classifier-free guidance scale (default: 7.5; "
+           "Turbo: 0).", float, per_image=True, check=_check_guidance, infotext="CFG scale"),
+    Option("width", ("--width", "-W"), "Image width, a multiple of 8 (default: model's native "
+           "size).", int, per_image=True, check=_check_side),
+    Option("height", ("--height", "-H"), "Image height, a multiple of 8 (default: model's "
+           "native size).", int, per_image=True, check=_check_side),
+    Option("num_images", ("--num-images", "-N"), "Images to make from the prompt.", int,
+           default=1, per_image=True, check=_checked_range(1, MAX_IMAGES), recorded=False),
+    Option("scheduler", ("--scheduler",), "Sampler, built from the model's own scheduler "
+           "config (default: the model's saved scheduler).", per_image=True,
+           choices=tuple(SCHEDULERS)),
+    # Per run.
+    Option("prompts_file", ("--prompts-file", "-f"), "One prompt per line, with optional "
+           "per-line options; .jsonl for JSON objects; - reads standard input."),
+    Option("model", ("--model", "-m"), "Hugging Face Hub id, local diffusers folder, or "
+           "single-file checkpoint (.safetensors).", default=DEFAULT_MODEL,
+           envvar="TXT2IMG_MODEL"),
+    Option("output_dir", ("--output-dir", "-o"), "Folder for the PNGs.", Path,
+           default=Path("outputs")),
+    Option("device", ("--device",), "Where to run; auto picks cuda, then mps, then cpu.",
+           default="auto", choices=("auto", "cuda", "mps", "cpu")),
+    Option("dtype", ("--dtype",), "Weights precision; auto is fp16 on CUDA, else fp32.",
+           default="auto", choices=("auto", "fp16", "bf16", "fp32")),
+    Option("quiet", ("--quiet", "-q"), "Print only the image paths.", bool, default=False),
+    Option("verbose", ("--verbose", "-v"), "Also show the libraries' own warnings and logs.",
+           bool, default=False),
+    Option("batch_size", ("--batch-size", "-b"), "Images with the same settings drawn per "
+           "pipeline call.", int, default=1, check=_checked_range(1, None)),
+    Option("json_lines", ("--json",), "One JSON object per image on stdout, not paths.", bool,
+           default=False),
+    Option("resume", ("--resume",), "Skip images already on disk; draw only the missing.",
+           bool, default=False),
+    Option("overwrite", ("--overwrite",), "Replace images already on disk.", bool,
+           default=False),
+    Option("keep_going", ("--keep-going",), "Report a failed image and go on (exit code 8).",
+           bool, default=False),
+    Option("config", ("--config",), "For a single-file checkpoint: sd1, sd2, sd2-v, sdxl, or "
+           "a diffusers config folder (default: told from the weights)."),
+    Option("offline", ("--offline",), "Never use the network; Hub models must be cached.",
+           bool, default=False),
+    Option("allow_pickle", ("--allow-pickle",), "Allow pickle-based weights (.ckpt/.pt/.bin), "
+           "read with torch's weights-only loader. Only for files you trust.", bool,
+           default=False),
+    Option("vae", ("--vae",), "Replacement VAE: diffusers folder, .safetensors or Hub id."),
+    Option("lora", ("--lora",), "LoRA file or Hub id, with an optional :SCALE (default 1). "
+           "Repeatable.", repeat=True),
+    Option("embedding", ("--embedding",), "Textual-inversion embedding, with an optional "
+           ":TOKEN (default: its file name, or the trained token of a folder or Hub id). "
+           "Repeatable.", repeat=True),
+    Option("save_steps", ("--save-steps",), "Also write NAME-steps.png: the model's estimate "
+           "of the clean image every N steps, from noise to the final picture.", int,
+           check=_checked_range(1, None)),
+    Option("low_vram", ("--low-vram",), "Fit small GPUs: CPU offload, VAE tiling and slicing, "
+           "attention slicing.", bool, default=False),
+    Option("cpu_offload", ("--cpu-offload",), "Keep each model on the GPU only while it runs.",
+           bool, default=False),
+    Option("vae_tiling", ("--vae-tiling",), "Decode large images tile by tile.", bool,
+           default=False),
+    Option("vae_slicing", ("--vae-slicing",), "Decode a batch one image at a time.", bool,
+           default=False),
+    Option("attention_slicing", ("--attention-slicing",), "Compute attention in slices.",
+           bool, default=False),
+    Option("compile", ("--compile",), "torch.compile the U-Net and VAE decoder (slow first "
+           "run, cached on disk).", bool, default=False),
+    Option("fast", ("--fast",), "The speed-ups measured to win on this device (README: "
+           "Speed); the pictures stay visually the same, not bit-identical.", bool,
+           default=False),
+    Option("safety_checker", ("--safety-checker",), "Keep the safety checker of models that "
+           "ship one.", bool, default=True, off_flag="--no-safety-checker"),
+)  # fmt: skip
+
+BY_KEY = {option.key: option for option in OPTIONS}
+IMAGE_OPTIONS = tuple(option for option in OPTIONS if option.per_image)
+RECORDED_OPTIONS = tuple(option for option in IMAGE_OPTIONS if option.recorded)
+# Spellings the command line also knows but that are not in OPTIONS.
+OTHER_FLAGS = ("--help", "-h", "--version")
+
+
+def all_flags() -> tuple[str, ...]:
+    """Every spelling the command line accepts."""
+    flags = [flag for option in OPTIONS for flag in (*option.flags, option.off_flag) if flag]
+    return (*flags, *OTHER_FLAGS)
+
+
+def check_prompt(prompt: str) -> None:
+    if not prompt.strip():
+        raise UsageError("the prompt is empty", "give the text to draw, e.g. txt2img 'a red fox'")
+    check_text("the prompt", prompt)
