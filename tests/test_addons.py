@@ -650,6 +650,37 @@ def bin_only_copy(model: Path, folder: Path) -> Path:
     return folder
 
 
+def test_a_model_folder_with_one_pickled_component_loads_with_the_flag(cli, tmp_path, models):
+    folder = tmp_path / "mixed"
+    shutil.copytree(models["sd1"], folder)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    torch.save(load_file(weights), weights.with_suffix(".bin"))
+    weights.unlink()
+    out = tmp_path / "refused"
+    refused = cli(PROMPT, "-m", folder, "-q", "-o", out)
+    assert "unet" in assert_one_line_error(refused, ExitCode.UNSAFE_CHECKPOINT, out)
+    allowed = draw(cli, tmp_path / "allowed", folder, "--allow-pickle")
+    np.testing.assert_array_equal(
+        pixels(allowed), pixels(draw(cli, tmp_path / "st", models["sd1"]))
+    )
+
+
+def test_a_pickled_vae_folder_is_refused_then_loads_with_the_flag(
+    cli, tmp_path, models, files, with_vae
+):
+    folder = tmp_path / "old-vae"
+    shutil.copytree(files.vae, folder)
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    torch.save(load_file(weights), weights.with_suffix(".bin"))
+    weights.unlink()
+    out = tmp_path / "refused"
+    refused = cli(PROMPT, "-m", models["sd1"], "--vae", folder, "-q", "-o", out)
+    assert_one_line_error(refused, ExitCode.UNSAFE_CHECKPOINT, out)
+    assert "loading" not in refused.stderr
+    allowed = draw(cli, tmp_path / "allowed", models["sd1"], "--vae", folder, "--allow-pickle")
+    np.testing.assert_array_equal(pixels(allowed), with_vae)
+
+
 def test_bin_only_model_folder_is_refused_then_loads_with_the_flag(cli, tmp_path, models):
     folder = bin_only_copy(models["sd1"], tmp_path / "old-model")
     out = tmp_path / "refused"

@@ -236,7 +236,8 @@ def test_two_processes_write_exactly_what_one_writes(tmp_path, models, prompts_f
         np.testing.assert_array_equal(image, one[name])
 
 
-def test_several_processes_report_a_missing_device_as_one_does(cli, tmp_path, models):
+def test_several_processes_report_a_missing_device_as_one_does(cli, tmp_path, models, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     result = cli("a fox", "-m", models["sd1"], "--device", "cuda", "--seed", 1, "-N", 2, "-q",
                  "-o", tmp_path, env={"WORLD_SIZE": "2", "RANK": "1"})  # fmt: skip
     assert result.exit_code == ExitCode.USAGE and "--device cuda" in result.stderr
@@ -312,7 +313,9 @@ def test_resume_redraws_a_missing_strip_and_counts_images(cli, tmp_path, models)
     again = cli(*args[:-3], "-o", tmp_path, "--resume")  # without -q, to see the count
     assert again.stdout == "" and "all 2 images are already in" in again.stderr
     strip.unlink()
-    redrawn = cli(*args, "--resume")
+    redrawn = cli(*args, "--resume", "--json")
     assert redrawn.exit_code == 0, redrawn.stderr
+    records = [json.loads(line) for line in redrawn.stdout.splitlines()]
+    assert [(r["status"], r["index"]) for r in records] == [("skipped", 1), ("skipped", 0)]
     np.testing.assert_array_equal(pixels(strip), strip_pixels)
     assert Path(first[0]).stat().st_mtime_ns == image_time  # the image itself was there

@@ -101,7 +101,8 @@ def test_standard_input_that_is_a_terminal_is_refused_without_reading():
             """it's a "fox"  -- at -3 degrees, a t-shirt --- and -x""",
             {"width": 64},
         ),
-        ('{"prompt": "json in a text file"}', '{"prompt": "json in a text file"}', {}),
+        ('{"prompt"} is no JSON object', '{"prompt"} is no JSON object', {}),
+        ("{red|blue} car -s40 -W64", "{red|blue} car", {"steps": 40, "width": 64}),
         ("a fox --negative-prompt=", "a fox", {"negative_prompt": ""}),
     ],
 )
@@ -117,6 +118,8 @@ def test_text_line_options(tmp_path, line, prompt, overrides):
     ("line", "fragments"),
     [
         ("a fox --colour red", ["--colour is not a per-prompt option"]),
+        ('{"prompt": "json in a text file"}', ["is a JSON object", ".jsonl"]),
+        ("a plan -b4", ["-b is not a per-prompt option"]),
         ("a fox --stpes 30", ["--stpes is not", "did you mean --steps?"]),
         ("a fox --model other/model", ["--model is not a per-prompt option"]),
         ("a fox -m other/model", ["-m is not a per-prompt option"]),

@@ -167,6 +167,45 @@ def test_a_dangling_symlink_at_an_image_name_is_taken(cli, tmp_path, models):
     assert link.is_symlink() and not link.exists()  # left as it was
 
 
+def test_an_output_dir_that_is_a_dangling_link_is_refused_before_loading(cli, tmp_path, models):
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "nowhere")
+    result = draw(cli, models["sd1"], link)
+    one_line_error(result, ExitCode.OUTPUT, "is a link to nothing")
+    assert "loading" not in result.stderr
+
+
+def test_stale_temporary_files_are_told_by_their_lock(cli, tmp_path, models):
+    """One left by a killed process with this very PID (a container's next run) is
+    removed; one that a live writer holds locked is kept, whatever its name says."""
+    import fcntl
+
+    from txt2img.outputs import temporary_name
+
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = temporary_name(out / "00000-1-a-fox.png")  # our own PID: a killed earlier run
+    stale.write_bytes(b"half a png")
+    live = out / ".00001-2-a-fox.png.1.tmp"
+    with open(live, "wb") as writer:
+        fcntl.flock(writer, fcntl.LOCK_EX)
+        result = cli("a fox", "-m", models["sd1"], "--steps", 1, "--seed", 1, "-N", 2, "-q",
+                     "-o", out)  # fmt: skip
+        assert result.exit_code == 0, result.stderr
+        assert sorted(p.name for p in out.iterdir()) == [
+            live.name, "00000-1-a-fox.png", "00001-2-a-fox.png"
+        ]  # fmt: skip
+
+
+def test_a_prompts_file_of_endless_blank_lines_is_refused(cli, tmp_path, models):
+    from txt2img.options import MAX_LINES
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_bytes(b"\n" * (MAX_LINES + 1))
+    result = cli("-f", prompts, "-m", models["sd1"], "-o", tmp_path / "out")
+    one_line_error(result, ExitCode.USAGE, f"more than {MAX_LINES} lines")
+
+
 def test_closed_stdout_is_refused_before_loading(tmp_path, models):
     done = subprocess.run(
         f'exec "{sys.executable}" -m txt2img "a fox" -m "{models["sd1"]}" --steps 1 --seed 1 '
@@ -226,13 +265,58 @@ def test_a_bad_config_model_index_is_a_config_error(cli, tmp_path, models, index
     one_line_error(result, ExitCode.USAGE, "--config", fragment)
 
 
-def test_a_model_failing_while_drawing_is_a_model_error(cli, tmp_path, models, monkeypatch):
+def test_a_model_whose_parts_do_not_fit_is_a_model_error(cli, tmp_path, models):
+    """A text encoder of another width than the U-Net's cross-attention: torch's own
+    shape error while drawing, reported as the model's fault."""
+    import make_tiny_model as tiny
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(models["sd1"], mixed)
+    shutil.rmtree(mixed / "text_encoder")
+    tiny._text_encoder(hidden_size=48, projection_dim=48, with_projection=False).save_pretrained(
+        mixed / "text_encoder"
+    )
+    result = draw(cli, mixed, tmp_path / "out")
+    one_line_error(result, ExitCode.MODEL, "the model failed while drawing", "shapes")
+
+
+def test_a_value_error_inside_the_model_is_not_blamed_on_the_settings(
+    cli, tmp_path, models, monkeypatch
+):
     def broken_forward(self, *args, **kwargs):
-        raise ValueError("mat1 and mat2 shapes cannot be multiplied (4x32 and 48x32)")
+        raise ValueError("the U-Net config and its weights disagree")
 
     monkeypatch.setattr(UNet2DConditionModel, "forward", broken_forward)
     result = draw(cli, models["sd1"], tmp_path / "out")
-    one_line_error(result, ExitCode.MODEL, "the model failed while drawing", "mat1 and mat2")
+    one_line_error(result, ExitCode.MODEL, "the model failed while drawing", "disagree")
+
+
+def test_empty_paths_are_refused(cli, tmp_path, models):
+    for flag in ("--lora", "--embedding", "--vae", "--config"):
+        result = draw(cli, models["sd1"], tmp_path / "out", flag, "")
+        one_line_error(result, ExitCode.USAGE, f"{flag} is empty")
+
+
+def test_a_device_file_as_an_add_on_is_named(cli, tmp_path, models):
+    result = draw(cli, models["sd1"], tmp_path / "out", "--embedding", "/dev/null")
+    one_line_error(result, ExitCode.MODEL, "/dev/null is not a file or folder")
+
+
+def test_a_config_folder_without_its_components_is_a_config_error(cli, tmp_path, models):
+    from ldm_export import export_single_file
+
+    checkpoint = export_single_file(models["sd1"], tmp_path / "model.safetensors")
+    config = tmp_path / "config"
+    config.mkdir()
+    shutil.copy(models["sd1"] / "model_index.json", config)
+    result = draw(cli, checkpoint, tmp_path / "out", "--config", config)
+    one_line_error(result, ExitCode.USAGE, "--config", "folder, which model_index.json lists")
+
+
+def test_an_uncached_hub_embedding_offline_says_so(cli, tmp_path, models):
+    result = draw(cli, models["sd1"], tmp_path / "out", "--embedding", "someone/cat-toy",
+                  "--offline")  # fmt: skip
+    one_line_error(result, ExitCode.MODEL, "someone/cat-toy is not in the Hugging Face cache")
 
 
 def test_an_absurd_native_size_is_a_model_error(cli, tmp_path, models):
@@ -361,19 +445,29 @@ def test_a_prompt_cannot_forge_the_negative_prompt(cli, tmp_path, models, prompt
 OWN_LINES = re.compile(r"(loading |sd1 model on |\[\d+/\d+\] |seed: \d+ \(drawn at random)")
 
 
-@pytest.mark.parametrize("verbose", [False, True])
-def test_stderr_holds_only_txt2img_lines_unless_verbose(tmp_path, verbose):
+def test_stderr_holds_only_txt2img_lines(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "txt2img", "a red square", "-m", "demo", "--steps", "2", "-o",
-         tmp_path, *(["--verbose"] if verbose else [])],
+         tmp_path],
         capture_output=True, text=True, env=process_env(),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    foreign = [line for line in done.stderr.splitlines() if not OWN_LINES.match(line)]
-    if verbose:
-        assert foreign, "--verbose shows the libraries' own lines"
-    else:
-        assert foreign == []
+    assert [line for line in done.stderr.splitlines() if not OWN_LINES.match(line)] == []
+
+
+@pytest.mark.parametrize(("flag", "level"), [(None, "CRITICAL"), ("--verbose", "WARNING")])
+def test_verbose_leaves_the_libraries_logs_on(cli, tmp_path, models, flag, level):
+    import logging
+
+    import diffusers
+    import transformers
+
+    for library in (diffusers, transformers):
+        library.utils.logging.set_verbosity_warning()
+    result = draw(cli, models["sd1"], tmp_path / "out", *([flag] if flag else []))
+    assert result.exit_code == 0, result.stderr
+    for library in (diffusers, transformers):
+        assert library.utils.logging.get_verbosity() == getattr(logging, level)
 
 
 # --- the fp16 variant of a model ---------------------------------------------------------

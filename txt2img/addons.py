@@ -17,7 +17,7 @@ from diffusers import AutoencoderKL, StableDiffusionXLPipeline
 
 from .checkpoints import WeightsFormat, check_weights_file, load_pickle, named_for_its_format
 from .errors import ModelError, UnsafeCheckpointError
-from .model_source import ADDON_FILES, EmbeddingRef, ModelSource, SourceKind, pickled_components
+from .model_source import ADDON_FILES, EmbeddingRef, ModelSource, SourceKind, pickled_files
 
 
 @dataclass(frozen=True)
@@ -75,10 +75,11 @@ def load_vae(
             torch_dtype=dtype,
         )  # fmt: skip
     else:
-        pickled = source.is_local and bool(pickled_components(Path(source.location)))
+        pickled = source.is_local and bool(pickled_files(Path(source.location)))
         vae = AutoencoderKL.from_pretrained(
-            source.location, dtype=dtype, use_safetensors=not pickled, local_files_only=offline
-        )
+            source.location, dtype=dtype, use_safetensors=None if pickled else True,
+            local_files_only=offline,
+        )  # fmt: skip
     name, digest = _name_and_hash(source, 10)
     return vae, AddOn("vae", name, digest)
 
@@ -131,11 +132,16 @@ def fetch_embedding(repo_id: str, offline: bool, allow_pickle: bool) -> ModelSou
     """A Hub embedding's file: learned_embeds.safetensors, or with --allow-pickle the
     .bin pickle a repository may have instead (then checked by its bytes)."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     safe, pickled = ADDON_FILES["--embedding"]
     try:
         path = hf_hub_download(repo_id, safe, local_files_only=offline)
+    except LocalEntryNotFoundError:
+        raise ModelError(
+            f"--embedding {repo_id} is not in the Hugging Face cache and the Hub cannot be reached",
+            "run once with network access to cache it, then it works offline",
+        ) from None
     except EntryNotFoundError:
         if not allow_pickle:
             raise UnsafeCheckpointError(

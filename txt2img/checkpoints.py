@@ -14,7 +14,7 @@ import tempfile
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default container, a zip of pickles
 PICKLE_PROTOCOL_2_PLUS = b"\x80"  # torch.save(_use_new_zipfile_serialization=False)
 
 
-class WeightsFormat(str, Enum):
+class WeightsFormat(StrEnum):
     safetensors = "safetensors"
     pickle = "pickle"
 
@@ -96,7 +96,8 @@ def load_pickle(path: Path) -> dict[str, Any]:
     zip file is memory-mapped, a legacy one read. A `state_dict` wrapper is unwrapped."""
     import torch
 
-    is_zip = zipfile.is_zipfile(path)
+    with path.open("rb") as handle:
+        is_zip = handle.read(len(ZIP_MAGIC)) == ZIP_MAGIC  # as `sniff` tells it
     if is_zip:
         _check_zip_size(path, path.stat().st_size)
     try:

@@ -30,6 +30,11 @@ class OneLineErrors(TyperCommand):
             code = super().main(*args, standalone_mode=False, **kwargs)
         except typer.Abort:
             code = ExitCode.INTERRUPTED
+        except BrokenPipeError:  # txt2img --help | head -1
+            code = ExitCode.STDOUT_CLOSED
+        except OSError as exc:  # --help or --version into /dev/full
+            fail(f"cannot write to standard output: {exc.strerror or exc}")
+            code = ExitCode.OUTPUT
         except Exception as exc:  # Typer's vendored click.ClickException
             if not hasattr(exc, "format_message"):
                 raise
@@ -47,6 +52,9 @@ app = typer.Typer(
 
 def _show_version(value: bool) -> None:
     if value:
+        if sys.stdout is None:  # >&-
+            fail("standard output is closed; nowhere to print the version")
+            raise typer.Exit(ExitCode.OUTPUT)
         print(f"txt2img {__version__}")
         raise typer.Exit()
 

@@ -117,6 +117,8 @@ def write_outputs(drawing: Drawing, drawn: Drawn, k: int, job: ImageJob, seconds
     sheet = strip(model.pipe, drawn.steps, k) if drawn.steps is not None else None
     if checked is not None:
         write_image(drawing, job, *checked, seconds)
+    else:
+        drawing.results.skipped(settings.output_dir / job.file_name, job)
     if sheet is not None:
         write_strip(settings, model, job, sheet)
 
@@ -203,6 +205,10 @@ def render(
             )
     except ValueError as exc:
         raise settings_or_model_error(exc) from exc
+    except RuntimeError as exc:  # torch's shape and dtype mismatches
+        if is_out_of_memory(exc):
+            raise
+        raise model_failed(exc) from exc
     nsfw = getattr(output, "nsfw_content_detected", None)
     return Drawn(output.images, final["latents"], nsfw, recorder)
 
@@ -216,9 +222,14 @@ def settings_or_model_error(exc: ValueError) -> Txt2ImgError:
     frame = traceback.extract_tb(exc.__traceback__)[-1]
     if frame.name in _SETTINGS_CHECKS:  # e.g. LCM above 50 steps, a size the VAE cannot take
         return UsageError(f"diffusers refused these settings: {first_line(exc)}")
+    return model_failed(exc)
+
+
+def model_failed(exc: Exception) -> ModelError:
     return ModelError(
         f"the model failed while drawing: {first_line(exc)}",
-        "its files may not belong together (a U-Net, VAE or text encoder from another model)",
+        "its files may not belong together (a U-Net, VAE, text encoder or add-on from another "
+        "model)",
     )
 
 
@@ -323,5 +334,6 @@ def mute_library_logs(verbose: bool) -> None:
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
     if not (verbose or debug_enabled()):
-        diffusers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.set_verbosity_error()
+        # Even their error lines: txt2img reports every failure itself, in one line.
+        diffusers.utils.logging.set_verbosity(diffusers.utils.logging.CRITICAL)
+        transformers.utils.logging.set_verbosity(transformers.utils.logging.CRITICAL)

@@ -36,7 +36,6 @@ RECORD_KEYS = ("prompt", *(option.key for option in RECORDED_OPTIONS), "index", 
 # Every --json line has exactly these keys, null where a status does not know them.
 JSON_KEYS = ("status", "path", "error", "line", *RECORD_KEYS, "seconds")
 
-_INFOTEXT_KEYS = {option.infotext: option.key for option in RECORDED_OPTIONS if option.infotext}
 # A line that A1111's reader would take as the start of the negative prompt.
 _NEGATIVE_MARK = re.compile(r"^(\s*)N(egative prompt:)", re.MULTILINE)
 
@@ -55,7 +54,12 @@ def json_line(status: str, path: str, job: Any, **known: Any) -> str:
     line.update(status=status, path=path, line=job.line, prompt=job.prompt, index=job.index)
     line.update(job.values)
     line.update(known)
-    return json.dumps(line, ensure_ascii=False)
+    text = json.dumps(line, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a path whose bytes are not UTF-8: escaped, still JSON
+        return json.dumps(line)
+    return text
 
 
 def _format_value(value: Any) -> str:
@@ -73,15 +77,25 @@ def unforgeable(text: str) -> str:
     return _NEGATIVE_MARK.sub(r"\1n\2", text)
 
 
+# A1111's order of the `k: v` pairs; a per-image option's own key (`Option.infotext`) that
+# is not placed here goes before "Version".
+_INFOTEXT_ORDER = (
+    "Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model", "VAE hash",
+    "VAE", "RNG", "Lora hashes", "TI hashes", "Version",
+)  # fmt: skip
+
+
 def infotext(record: dict[str, Any]) -> str:
     """A1111's `parameters` text: prompt, optional negative prompt line, then `k: v` pairs."""
-    value = {name: record[key] for name, key in _INFOTEXT_KEYS.items()}
     fields: dict[str, Any] = {
-        "Steps": value["Steps"],
+        option.infotext: record[option.key]
+        for option in RECORDED_OPTIONS
+        if option.infotext and record[option.key] != option.infotext_default
+    }
+    fields.update({
         "Sampler": record["sampler"],
         "Schedule type": record["schedule_type"],
-        "CFG scale": float(value["CFG scale"]),
-        "Seed": value["Seed"],
+        "CFG scale": float(fields["CFG scale"]),
         "Size": f"{record['width']}x{record['height']}",
         "Model": record["model_name"],
         "VAE hash": _one(record, "vae", "hash"),
@@ -90,11 +104,13 @@ def infotext(record: dict[str, Any]) -> str:
         "Lora hashes": _hashes(record, "lora"),
         "TI hashes": _hashes(record, "embedding"),
         "Version": f"txt2img {__version__}",
-    }
+    })  # fmt: skip
+    order = [k for k in _INFOTEXT_ORDER if k != "Version"]
+    order += [k for k in fields if k not in _INFOTEXT_ORDER] + ["Version"]
     pairs = ", ".join(
-        key if str(value) == key else f"{key}: {_format_value(value)}"
-        for key, value in fields.items()
-        if value is not None
+        key if str(fields[key]) == key else f"{key}: {_format_value(fields[key])}"
+        for key in order
+        if fields.get(key) is not None
     )
     negative = record["negative_prompt"]
     negative_line = f"\nNegative prompt: {unforgeable(negative)}" if negative else ""

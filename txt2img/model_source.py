@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 from .checkpoints import WeightsFormat, check_weights_file
@@ -22,7 +22,7 @@ PATH_PREFIXES = ("/", "./", "../", "~", "\\")
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft")
 
 
-class SourceKind(str, Enum):
+class SourceKind(StrEnum):
     folder = "folder"  # a diffusers-format folder (model_index.json)
     file = "file"  # a single-file checkpoint in the original (LDM) layout
     hub = "hub"  # a Hugging Face Hub id
@@ -123,28 +123,34 @@ def _check_model_index(path: Path) -> None:
             f"--config: {path} describes a {class_name}, not a pipeline txt2img runs",
             f"use a folder of a {' or '.join(PIPELINE_CLASSES)}",
         )
+    listed = [key for key, value in index.items() if isinstance(value, list) and value[0]]
+    missing = [key for key in listed if not (path.parent / key).is_dir()]
+    if missing:
+        raise UsageError(
+            f"--config: {path.parent} has no {missing[0]}/ folder, which model_index.json lists",
+            "give a whole diffusers model folder (its configs; weights are not needed)",
+        )
 
 
 PIPELINE_CLASSES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 
-def pickled_components(folder: Path) -> list[Path]:
-    """The weights of a diffusers folder's components that exist only as pickles (a
-    component with a .safetensors file is read from that)."""
-    pickled = []
-    for component in sorted(p for p in folder.iterdir() if p.is_dir()):
-        files = [p for p in component.iterdir() if p.is_file()]
-        if any(p.suffix == ".safetensors" for p in files):
-            continue
-        pickled += [p for p in files if p.suffix in PICKLE_SUFFIXES]
-    return pickled
+def pickled_files(component: Path) -> list[Path]:
+    """A component folder's pickle weights, where it has no safetensors file to read
+    instead (diffusers and transformers prefer that one)."""
+    files = [p for p in component.iterdir() if p.is_file()]
+    if any(p.suffix == ".safetensors" for p in files):
+        return []
+    return [p for p in files if p.suffix in PICKLE_SUFFIXES]
 
 
-def check_folder_weights(folder: Path, allow_pickle: bool, what: str) -> bool:
-    """Whether a diffusers folder must be read from pickles; refused (exit 4) without
-    --allow-pickle, and each pickle checked by its bytes with it."""
-    pickled = pickled_components(folder)
+def check_folder_weights(folder: Path, allow_pickle: bool, what: str, model: bool = True) -> bool:
+    """Whether a diffusers model folder (`model`: its component subfolders; else the
+    folder of one component, such as a VAE) is read from pickles somewhere; refused
+    (exit 4) without --allow-pickle, and each pickle checked by its bytes with it."""
+    components = sorted(p for p in folder.iterdir() if p.is_dir()) if model else [folder]
+    pickled = [path for component in components for path in pickled_files(component)]
     if pickled and not allow_pickle:
         raise UnsafeCheckpointError(
             f"{what} {folder} has only pickle-based weights ({pickled[0].relative_to(folder)}), "
@@ -166,7 +172,7 @@ ADDON_FILES = {
 def locate_addon(ref: str, flag: str, allow_pickle: bool) -> ModelSource:
     """A LoRA, VAE or embedding: a file (checked like a checkpoint), a folder, or a Hub id.
     A LoRA or embedding folder is taken as the weights file in it, checked the same way;
-    a VAE folder is a diffusers model folder."""
+    a VAE folder is a diffusers component folder (config.json and its weights)."""
     path = Path(ref).expanduser()
     in_folder = path.is_dir() and flag in ADDON_FILES
     if in_folder:
@@ -174,9 +180,16 @@ def locate_addon(ref: str, flag: str, allow_pickle: bool) -> ModelSource:
     if path.is_file():
         weights_format = check_weights_file(path, allow_pickle)
         return ModelSource(str(path.resolve()), SourceKind.file, weights_format, in_folder)
-    if path.is_dir():
-        check_folder_weights(path, allow_pickle, flag)
+    if path.is_dir():  # a --vae folder: one diffusers component
+        if not (path / "config.json").is_file():
+            raise ModelError(
+                f"{flag} {path} is not a diffusers VAE folder (it has no config.json)",
+                "point it at the folder that holds config.json, or at a VAE file",
+            )
+        check_folder_weights(path, allow_pickle, flag, model=False)
         return ModelSource(str(path.resolve()), SourceKind.folder)
+    if path.exists():
+        raise ModelError(f"{flag} {ref} is not a file or folder", "check the path")
     if ref.startswith(PATH_PREFIXES) or ref.lower().endswith(CHECKPOINT_SUFFIXES):
         raise ModelError(f"{flag} {ref} does not exist", "check the path")
     if not HUB_ID.fullmatch(ref):

@@ -145,7 +145,9 @@ def _load_pretrained(plan: ModelPlan, options: LoadOptions, dtype: torch.dtype) 
     )
     kwargs: dict[str, Any] = {
         "dtype": dtype,
-        "use_safetensors": not plan.pickled_folder,
+        # None: each component from its safetensors file where it has one, else from the
+        # pickles plan_model checked and allowed.
+        "use_safetensors": None if plan.pickled_folder else True,
         "local_files_only": options.offline,
     }
     if not options.safety_checker and pipeline_class is StableDiffusionPipeline:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,22 @@ MAX_STEPS = 500  # every scheduler here handles it; PNDM breaks at 1000
 MAX_IMAGES = 100_000  # images one run may plan; a larger job is split into runs
 MAX_PROMPT_CHARS = 16_384  # about 4,000 CLIP tokens
 MAX_LINE_BYTES = 65_536  # one line of a prompts file
+MAX_LINES = 1_000_000  # lines of a prompts file, blank and comment lines included
+MAX_PROMPTS_BYTES = 64 << 20  # a whole prompts file
+
+
+class Device(StrEnum):
+    auto = "auto"
+    cuda = "cuda"
+    mps = "mps"
+    cpu = "cpu"
+
+
+class Dtype(StrEnum):
+    auto = "auto"
+    fp16 = "fp16"
+    bf16 = "bf16"
+    fp32 = "fp32"
 
 
 @dataclass(frozen=True)
@@ -103,6 +120,7 @@ class Option:
     envvar: str | None = None
     off_flag: str | None = None  # the flag that turns a bool option off
     infotext: str | None = None  # AUTOMATIC1111's key, where it has one of its own
+    infotext_default: Any = None  # a value A1111 leaves out of the infotext
     # How a per-image option groups jobs into one pipeline call: "equal" (the same
     # value), "free" (may differ within a call), or "given" (set or not, e.g. an SDXL
     # empty negative prompt uses zero embeddings, unlike any text).
@@ -126,8 +144,10 @@ class Option:
         if self.choices is not None and value not in self.choices:
             choices = ", ".join(self.choices)
             raise UsageError(f"unknown {flag} {value!r}", f"choose one of {choices}")
-        if isinstance(value, str):
+        if self.per_image and isinstance(value, str):  # text for the model, not a path
             check_text(flag, value)
+        elif value == "" or (self.repeat and "" in value):  # a path or name left empty
+            raise UsageError(f"{flag} is empty", "give a path, or leave the option out")
         if self.check is not None:
             self.check(flag, value)
 
@@ -161,9 +181,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("output_dir", ("--output-dir", "-o"), "Folder for the PNGs.", Path,
            default=Path("outputs")),
     Option("device", ("--device",), "Where to run; auto picks cuda, then mps, then cpu.",
-           default="auto", choices=("auto", "cuda", "mps", "cpu")),
+           default="auto", choices=tuple(Device)),
     Option("dtype", ("--dtype",), "Weights precision; auto is fp16 on CUDA, else fp32.",
-           default="auto", choices=("auto", "fp16", "bf16", "fp32")),
+           default="auto", choices=tuple(Dtype)),
     Option("quiet", ("--quiet", "-q"), "Print only the image paths.", bool, default=False),
     Option("verbose", ("--verbose", "-v"), "Also show the libraries' own warnings and logs.",
            bool, default=False),

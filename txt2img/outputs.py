@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import errno
+import fcntl
+import glob
 import io
 import os
 import re
-import socket
 import sys
 import unicodedata
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -42,42 +44,25 @@ def taken_names(folder: Path, file_names: list[str]) -> set[str]:
 
 def remove_stale_temporaries(folder: Path, file_names: list[str]) -> None:
     """Remove the temporary files of the run's images that a killed run left behind
-    (SIGKILL, power loss): those made on this host by a process that no longer runs, or
-    by a process with our own PID (a container's next run often gets the same one)."""
+    (SIGKILL, power loss). A writer holds an exclusive lock on its temporary file until
+    the image is published, so a temporary file that can be locked has no live writer,
+    whatever host, container or PID made it."""
     if not folder.is_dir():
         return
-    wanted = set(file_names)
-    for temporary in folder.glob(".*.tmp"):
-        owner = _temporary_owner(temporary.name)
-        if owner is None or owner[0] not in wanted or owner[1] != _HOST:
-            continue
-        if owner[2] == os.getpid() or not _process_exists(owner[2]):
-            temporary.unlink(missing_ok=True)
-
-
-_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+    for name in set(file_names):
+        for temporary in folder.glob(f".{glob.escape(name)}.*.tmp"):
+            with suppress(OSError), open(temporary, "rb") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live run is writing it
+                temporary.unlink()
 
 
 def temporary_name(target: Path) -> Path:
-    """Hidden, in the image's folder (so publishing it is a link or rename on one file
-    system), and named by host and process so that a stale one can be told from a live one."""
-    return target.with_name(f".{target.name}.{_HOST}.{os.getpid()}.tmp")
-
-
-def _temporary_owner(name: str) -> tuple[str, str, int] | None:
-    """(image name, host, pid) of a temporary file named by `temporary_name`."""
-    match = re.fullmatch(r"\.(.+\.png)\.([A-Za-z0-9-]+)\.([0-9]+)\.tmp", name)
-    return (match[1], match[2], int(match[3])) if match else None
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # EPERM: it exists, and belongs to someone else
-        return True
-    return True
+    """Hidden, in the image's folder, so that publishing it is a link or a rename on one
+    file system."""
+    return target.with_name(f".{target.name}.{os.getpid()}.tmp")
 
 
 def refuse_existing(folder: Path, taken: list[str]) -> OutputError:
@@ -95,32 +80,44 @@ def write_png(
 
     The PNG goes to a hidden temporary file in the same folder first; a hard link then
     publishes it under its name, which fails if the name is taken (or, with `replace`,
-    an atomic rename swaps it in). Ctrl-C, SIGTERM or SIGHUP at any point leave either
-    no file or a complete one; after SIGKILL the temporary file stays until the next run
-    for that image removes it (`remove_stale_temporaries`).
+    an atomic rename swaps it in). The temporary file stays locked until then (see
+    `remove_stale_temporaries`). Ctrl-C, SIGTERM or SIGHUP at any point leave either no
+    file or a complete one; after SIGKILL the temporary file stays until the next run for
+    that image removes it.
     """
     info = PngInfo()
     for key, value in text_chunks.items():
         info.add_text(key, value)
+    make_output_dir(target.parent)
     temporary = temporary_name(target)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(descriptor, "wb") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
             image.save(handle, format="PNG", pnginfo=info)
             handle.flush()
             os.fsync(handle.fileno())
-        pause_at(f"write:{target.name}")
-        if replace:
-            os.replace(temporary, target)
-        else:
-            _publish(temporary, target)
+            pause_at(f"write:{target.name}")
+            if replace:
+                os.replace(temporary, target)
+            else:
+                _publish(temporary, target)
     except FileExistsError as exc:
         raise OutputError(f"{target} already exists and is never overwritten") from exc
     except OSError as exc:
         raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from exc
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def make_output_dir(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot create --output-dir {folder}: {exc.strerror or exc}",
+            "check the path (a dangling link, a file in the way?) or choose another -o",
+        ) from exc
 
 
 def _publish(temporary: Path, target: Path) -> None:
@@ -155,7 +152,10 @@ def check_stdout() -> None:
 def emit(line: str) -> None:
     """Print one result line on stdout right away."""
     try:
-        sys.stdout.write(line + "\n")
+        try:
+            sys.stdout.write(line + "\n")
+        except UnicodeEncodeError:  # a path whose bytes are not UTF-8: the bytes as they are
+            sys.stdout.buffer.write(os.fsencode(line) + b"\n")
         sys.stdout.flush()
     except BrokenPipeError as exc:
         raise StdoutClosed from exc

@@ -48,6 +48,8 @@ from .options import (
     IMAGE_OPTIONS,
     MAX_IMAGES,
     MAX_LINE_BYTES,
+    MAX_LINES,
+    MAX_PROMPTS_BYTES,
     Option,
     all_flags,
     check_prompt,
@@ -67,7 +69,8 @@ class PromptLine:
 
 _BY_SPELLING = {flag: option for option in IMAGE_OPTIONS for flag in option.flags}
 _SHORT_FLAGS = "".join(flag[1] for flag in all_flags() if len(flag) == 2)
-_OPTIONS_START = re.compile(rf"(?<!\S)(?:--[A-Za-z]|-[{_SHORT_FLAGS}](?!\S))")
+# A short flag alone, or with its number attached as click allows (-s40, -b4).
+_OPTIONS_START = re.compile(rf"(?<!\S)(?:--[A-Za-z]|-[{_SHORT_FLAGS}](?=[\d.]|\s|$))")
 _KIND_NAMES = {int: "an integer", float: "a number", str: "a string"}
 _PER_PROMPT = ", ".join(option.spellings for option in IMAGE_OPTIONS)
 _JSON_EXAMPLE = '{"prompt": "a red fox", "seed": 7}'
@@ -147,8 +150,9 @@ def _stdin_stream(stdin: BinaryIO | None) -> BinaryIO:
 
 def _numbered_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
     """Undecoded lines, so a bad byte is reported with its own line number. A line is
-    read only up to just past the limit, so `-f /dev/zero` is refused at once."""
-    number = 0
+    read only up to just past its limit, so `-f /dev/zero` is refused at once, and the
+    whole input is bounded in lines and bytes (`yes '' | txt2img -f -` ends too)."""
+    number = read = 0
     while True:
         try:
             raw = stream.readline(MAX_LINE_BYTES + 2)
@@ -156,7 +160,12 @@ def _numbered_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
             raise UsageError(f"cannot read the prompts: {exc.strerror or exc}") from exc
         if not raw:
             return
-        number += 1
+        number, read = number + 1, read + len(raw)
+        if number > MAX_LINES or read > MAX_PROMPTS_BYTES:
+            raise UsageError(
+                f"more than {MAX_LINES} lines or {MAX_PROMPTS_BYTES >> 20} MiB of prompts",
+                "split them into several runs",
+            )
         if number == 1:
             raw = raw.removeprefix(codecs.BOM_UTF8)
         yield number, raw.removesuffix(b"\n").removesuffix(b"\r")
@@ -173,6 +182,7 @@ def _decode(raw: bytes) -> str:
 
 
 def _parse_text_line(text: str) -> tuple[str, dict[str, Any]]:
+    _refuse_json(text)
     start = _OPTIONS_START.search(text)
     if start is None:
         return text.strip(), {}
@@ -186,11 +196,36 @@ def _parse_text_line(text: str) -> tuple[str, dict[str, Any]]:
     return text[: start.start()].strip(), _parse_options(words)
 
 
+def _refuse_json(text: str) -> None:
+    """A JSON Lines object read as a text line would be drawn as its own JSON text."""
+    if not text.lstrip().startswith("{"):
+        return
+    try:
+        record = json.loads(text)
+    except (ValueError, RecursionError):
+        return  # a prompt that starts with "{", such as "{red|blue} car"
+    if isinstance(record, dict) and "prompt" in record:
+        raise UsageError(
+            "this line is a JSON object, but the prompts are read as text, one a line",
+            "JSON Lines go in a file whose name ends in .jsonl: txt2img -f prompts.jsonl",
+        )
+
+
+def _split_word(word: str) -> tuple[str, bool, str]:
+    """(spelling, whether a value is attached, the value): --seed=7, -s40, or --seed."""
+    if word.startswith("--"):
+        spelling, equals, value = word.partition("=")
+        return spelling, bool(equals), value
+    if len(word) > 2 and word.startswith("-"):
+        return word[:2], True, word[2:]
+    return word, False, ""
+
+
 def _parse_options(words: list[str]) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     rest = iter(words)
     for word in rest:
-        spelling, equals, value = word.partition("=") if word.startswith("--") else (word, "", "")
+        spelling, equals, value = _split_word(word)
         option = _BY_SPELLING.get(spelling)
         if option is None:
             raise _not_an_option(spelling)
@@ -205,7 +240,7 @@ def _parse_options(words: list[str]) -> dict[str, Any]:
 
 
 def _is_option(word: str) -> bool:
-    return (word.partition("=")[0] if word.startswith("--") else word) in _BY_SPELLING
+    return _split_word(word)[0] in _BY_SPELLING
 
 
 def _not_an_option(word: str) -> UsageError:

@@ -53,10 +53,7 @@ def run(settings: Settings) -> None:
         reporter.info(f"seed: {settings.image['seed']} (drawn at random; "
                       f"--seed {settings.image['seed']} repeats it)")  # fmt: skip
     if not to_draw:
-        where = "this process's" if world()[1] > 1 else "all"
-        reporter.info(
-            f"nothing to do: {where} {len(jobs)} images are already in {settings.output_dir}"
-        )
+        reporter.info(nothing_to_do(settings, len(jobs)))
         return
     quiet_libraries(settings)
     from .generate import generate  # torch and diffusers load only from here on
@@ -64,6 +61,13 @@ def run(settings: Settings) -> None:
     failed = generate(settings, plan, jobs, done, taken, reporter, results)
     if failed:
         raise PartialFailure(f"{failed} of {to_draw} images failed", "see the messages above")
+
+
+def nothing_to_do(settings: Settings, share: int) -> str:
+    if not share:
+        return "nothing to do: this process's share of the run is empty"
+    whose = "this process's" if world()[1] > 1 else "all"
+    return f"nothing to do: {whose} {share} images are already in {settings.output_dir}"
 
 
 def is_done(settings: Settings, job: ImageJob, taken: set[str]) -> bool:
@@ -81,6 +85,6 @@ def quiet_libraries(settings: Settings) -> None:
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     if settings.verbose or debug_enabled():
         return
-    os.environ["TRANSFORMERS_VERBOSITY"] = os.environ["DIFFUSERS_VERBOSITY"] = "error"
+    os.environ["TRANSFORMERS_VERBOSITY"] = os.environ["DIFFUSERS_VERBOSITY"] = "critical"
     os.environ["TRANSFORMERS_NO_ADVISORY_WARNINGS"] = "1"
     warnings.filterwarnings("ignore")

@@ -10,32 +10,18 @@ import math
 import os
 import secrets
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import OutputError, UsageError
-from .options import BY_KEY, IMAGE_OPTIONS, MAX_IMAGES, MAX_SEED
+from .options import BY_KEY, IMAGE_OPTIONS, MAX_IMAGES, MAX_SEED, Device, Dtype
 
 if TYPE_CHECKING:
     from .prompts import PromptLine
 
 
-class Device(str, Enum):
-    auto = "auto"
-    cuda = "cuda"
-    mps = "mps"
-    cpu = "cpu"
-
-
-class Dtype(str, Enum):
-    auto = "auto"
-    fp16 = "fp16"
-    bf16 = "bf16"
-    fp32 = "fp32"
-
-
-class Existing(str, Enum):
+class Existing(StrEnum):
     """What to do with an image whose file is already there."""
 
     refuse = "refuse"  # the default: the run does not start
@@ -184,6 +170,11 @@ def existing_policy(resume: bool, overwrite: bool) -> Existing:
 
 
 def _check_output_dir(folder: Path) -> None:
+    if folder.is_symlink() and not folder.exists():
+        raise OutputError(
+            f"--output-dir {folder} is a link to nothing ({os.readlink(folder)})",
+            "create its target, or choose another --output-dir",
+        )
     if folder.exists() and not folder.is_dir():
         raise OutputError(
             f"--output-dir {folder} exists and is not a folder", "choose another --output-dir"
