@@ -11,6 +11,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.pop("TXT2IMG_MODEL", None)
 os.environ.pop("TXT2IMG_DEBUG", None)
+# One thread per process, in this one and in every txt2img it starts: the tiny models'
+# ops gain nothing from threads, and on a busy machine OpenMP threads that spin for a
+# core another process holds make the suite many times slower. Read by torch at import.
+os.environ["OMP_NUM_THREADS"] = "1"
 
 import pytest
 from typer.testing import CliRunner

@@ -8,8 +8,12 @@ point, however fast or slow the machine is. No sleeping, no racing.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
+
+WATCHDOG_SECONDS = 300
 
 
 def process_env(**extra: str) -> dict[str, str]:
@@ -27,9 +31,13 @@ class PausedChild:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "txt2img", *map(str, args)],
             stdout=popen.pop("stdout", subprocess.PIPE), stderr=subprocess.PIPE, text=True,
-            env=env, pass_fds=(read_end,), **popen,
+            env=env, pass_fds=(read_end,), preexec_fn=_default_sigint, **popen,
         )  # fmt: skip
         os.close(read_end)
+        # A child that never reaches its point, or ignores the test, is killed: the test
+        # then fails on its exit code instead of waiting forever.
+        self._watchdog = threading.Timer(WATCHDOG_SECONDS, self.process.kill)
+        self._watchdog.start()
 
     def wait_for_pause(self) -> None:
         """Return once the child has reached its pause point (and is waiting there)."""
@@ -49,4 +57,12 @@ class PausedChild:
         stdout = self.process.stdout.read() if self.process.stdout else ""
         stderr = self.process.stderr.read()
         os.close(self._go)
-        return stdout, stderr, self.process.wait(timeout=timeout)
+        code = self.process.wait(timeout=timeout)
+        self._watchdog.cancel()
+        return stdout, stderr, code
+
+
+def _default_sigint() -> None:
+    """Ctrl-C as a terminal sends it: a test run started in the background (where the
+    shell ignores SIGINT, and children inherit that) must not make the child ignore it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

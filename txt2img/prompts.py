@@ -105,8 +105,8 @@ def read_prompt_lines(source: str, stdin: BinaryIO | None = None) -> list[Prompt
 def _parse_line(raw: bytes, parse: Any, number: int) -> PromptLine | None:
     if len(raw) > MAX_LINE_BYTES:
         raise UsageError(
-            f"the line is longer than {MAX_LINE_BYTES} bytes (is this a text file?)",
-            "write one prompt per line",
+            f"the line is longer than {MAX_LINE_BYTES} bytes",
+            "is it a text file? write one prompt per line",
         )
     text = _decode(raw)
     if not text.strip() or text.lstrip().startswith("#"):
