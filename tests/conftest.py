@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -60,6 +61,22 @@ def cli(tmp_path):
         return runner.invoke(app, [str(a) for a in args], env=env)
 
     return invoke
+
+
+@pytest.fixture
+def nan_model(models, tmp_path) -> Path:
+    """The tiny SD 1.x model with a VAE whose every decoded pixel is NaN."""
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "nan-model"
+    shutil.copytree(models["sd1"], broken)
+    weights_file = broken / "vae" / "diffusion_pytorch_model.safetensors"
+    weights = load_file(weights_file)
+    weights["decoder.conv_out.bias"] = torch.full_like(weights["decoder.conv_out.bias"], np.nan)
+    save_file(weights, weights_file)
+    return broken
 
 
 def run_module(*args: str, **kwargs):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +17,6 @@ from a1111 import parse_generation_parameters
 from diffusers import DiffusionPipeline, StableDiffusionPipeline
 from paused import PausedChild
 from PIL import Image
-from safetensors.torch import load_file, save_file
 
 from txt2img.errors import ExitCode
 
@@ -184,14 +182,8 @@ def test_keep_going_reports_a_failed_item_and_continues(cli, tmp_path, models):
     assert len(list((tmp_path / "go").glob("*.png"))) == 2
 
 
-def test_nan_image_is_never_written(cli, tmp_path, models):
-    broken = tmp_path / "nan-model"
-    shutil.copytree(models["sd1"], broken)
-    weights_file = broken / "vae" / "diffusion_pytorch_model.safetensors"
-    weights = load_file(weights_file)
-    weights["decoder.conv_out.bias"] = torch.full_like(weights["decoder.conv_out.bias"], np.nan)
-    save_file(weights, weights_file)
-    result = cli("a fox", "-m", broken, "--steps", 1, "--seed", 1, "-q", "-o", tmp_path / "out")
+def test_nan_image_is_never_written(cli, tmp_path, nan_model):
+    result = cli("a fox", "-m", nan_model, "--steps", 1, "--seed", 1, "-q", "-o", tmp_path / "out")
     assert result.exit_code == ExitCode.BAD_IMAGE and "NaN" in result.stderr
     assert result.stdout == "" and not (tmp_path / "out").exists()  # not even the folder
 

@@ -17,7 +17,6 @@ from a1111 import parse_generation_parameters
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from paused import process_env
 from PIL import Image
-from safetensors.torch import load_file, save_file
 
 from txt2img import generate
 from txt2img.errors import ExitCode
@@ -342,23 +341,15 @@ def test_cpu_out_of_memory_is_exit_5(cli, tmp_path, models, monkeypatch):
     one_line_error(draw(cli, models["sd1"], tmp_path / "out"), ExitCode.OUT_OF_MEMORY, "--low-vram")
 
 
-def nan_model(models, tmp_path) -> Path:
-    broken = tmp_path / "nan-model"
-    shutil.copytree(models["sd1"], broken)
-    weights_file = broken / "vae" / "diffusion_pytorch_model.safetensors"
-    weights = load_file(weights_file)
-    weights["decoder.conv_out.bias"] = torch.full_like(weights["decoder.conv_out.bias"], np.nan)
-    save_file(weights, weights_file)
-    return broken
-
-
 def raise_out_of_memory(*args, **kwargs):
     raise RuntimeError(CPU_OUT_OF_MEMORY)
 
 
-def test_keep_going_survives_out_of_memory_in_the_fp32_decode(cli, tmp_path, models, monkeypatch):
+def test_keep_going_survives_out_of_memory_in_the_fp32_decode(
+    cli, tmp_path, nan_model, monkeypatch
+):
     monkeypatch.setattr(generate, "decode_in_fp32", raise_out_of_memory)
-    result = cli("a fox", "-m", nan_model(models, tmp_path), "--steps", 1, "--seed", 1, "-N", 2,
+    result = cli("a fox", "-m", nan_model, "--steps", 1, "--seed", 1, "-N", 2,
                  "--keep-going", "--json", "-o", tmp_path / "out")  # fmt: skip
     assert result.exit_code == ExitCode.PARTIAL, result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]
