@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from unittest.mock import patch
 
+import diffusers
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.loaders import single_file
@@ -30,11 +31,11 @@ from .errors import (
 )
 from .fast import apply_fast_path, speedups_for
 from .jobs import world
-from .model_source import CONFIGS, ModelPlan, ModelSource, SourceKind
+from .model_source import CONFIGS, PIPELINE_CLASSES, ModelPlan, ModelSource, SourceKind
 from .options import STANDARD, TURBO
 from .settings import Device, Dtype, LoadOptions, MemorySavers
 
-PIPELINES = {cls.__name__: cls for cls in (StableDiffusionPipeline, StableDiffusionXLPipeline)}
+PIPELINES = {name: getattr(diffusers, name) for name in PIPELINE_CLASSES}
 DTYPES = {Dtype.fp16: torch.float16, Dtype.bf16: torch.bfloat16, Dtype.fp32: torch.float32}
 DTYPE_NAMES = {dtype: name.value for name, dtype in DTYPES.items()}
 
@@ -114,10 +115,14 @@ def open_model(
     source = plan.source
     try:
         if source.kind is SourceKind.file:
+            # A pickle is read once, by `load_pickle`, for the family and the weights.
+            state = load_pickle(Path(source.location)) if source.weights_format is (
+                WeightsFormat.pickle
+            ) else None  # fmt: skip
             config = plan.config or CONFIGS / checkpoint_family(
-                Path(source.location), source.weights_format
+                Path(source.location), source.weights_format, state
             )
-            pipe = _load_single_file(source, config, dtype)
+            pipe = _load_single_file(source, config, dtype, state)
             vae_config = (str(config), "vae")
         else:
             pipe = _load_pretrained(plan, options, dtype)
@@ -203,15 +208,17 @@ def place(pipe: Any, device: torch.device, memory: MemorySavers) -> None:
         pipe.enable_attention_slicing()
 
 
-def _load_single_file(source: ModelSource, config: Path, dtype: torch.dtype) -> Any:
+def _load_single_file(
+    source: ModelSource, config: Path, dtype: torch.dtype, state: dict[str, Any] | None
+) -> Any:
     """An original-layout checkpoint, configured from a local diffusers config folder so
     diffusers never fetches configs from the Hub (`local_files_only` alone does not stop
     it). The folder is `--config`, or the built-in one for the family in the weights.
-    A pickle is read by `checkpoints.load_pickle` and handed over as tensors, so
-    diffusers never unpickles anything itself."""
+    A pickle's tensors (`state`, read by `checkpoints.load_pickle`) are handed over as
+    they are, so diffusers never unpickles anything itself."""
     path = Path(source.location)
     pipeline_class = _pipeline_class(json.loads((config / "model_index.json").read_text()))
-    with named_for_its_format(path, source.weights_format) as named, _tensors_from_us(source):
+    with named_for_its_format(path, source.weights_format) as named, _tensors_from_us(state):
         # Single files carry no safety checker; say so, so diffusers does not warn.
         no_checker = {"requires_safety_checker": False}
         return pipeline_class.from_single_file(
@@ -221,20 +228,22 @@ def _load_single_file(source: ModelSource, config: Path, dtype: torch.dtype) -> 
 
 
 @contextmanager
-def _tensors_from_us(source: ModelSource) -> Iterator[None]:
+def _tensors_from_us(state: dict[str, Any] | None) -> Iterator[None]:
     """While a pipeline is built from a pickled single file, diffusers' checkpoint
     reader returns the state dict our own reader made."""
-    if source.weights_format is not WeightsFormat.pickle:
+    if state is None:
         yield
         return
-    state = load_pickle(Path(source.location))
     with patch.object(single_file, "load_single_file_checkpoint", lambda *a, **k: state):
         yield
 
 
-def checkpoint_family(path: Path, weights_format: WeightsFormat) -> str:
-    """Which built-in config fits an original-layout checkpoint, from its tensor names."""
-    shapes = _tensor_shapes(path, weights_format)
+def checkpoint_family(
+    path: Path, weights_format: WeightsFormat, state: dict[str, Any] | None = None
+) -> str:
+    """Which built-in config fits an original-layout checkpoint, from its tensor names
+    (those of `state`, a pickle's tensors already read, where given)."""
+    shapes = _tensor_shapes(path, weights_format, state)
     first_conv = shapes.get("model.diffusion_model.input_blocks.0.0.weight")
     if first_conv is None:
         raise ModelError(
@@ -261,14 +270,16 @@ def checkpoint_family(path: Path, weights_format: WeightsFormat) -> str:
     )
 
 
-def _tensor_shapes(path: Path, weights_format: WeightsFormat) -> dict[str, tuple[int, ...]]:
+def _tensor_shapes(
+    path: Path, weights_format: WeightsFormat, state: dict[str, Any] | None
+) -> dict[str, tuple[int, ...]]:
     if weights_format is WeightsFormat.safetensors:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as weights:
             return {key: tuple(weights.get_slice(key).get_shape()) for key in weights.keys()}  # noqa: SIM118
     # Only reached with --allow-pickle; a zip file is mapped, not read.
-    checkpoint = load_pickle(path)
+    checkpoint = state if state is not None else load_pickle(path)
     return {key: tuple(value.shape) for key, value in checkpoint.items()}
 
 

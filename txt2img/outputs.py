@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import glob
 import io
 import os
 import re
@@ -49,14 +48,20 @@ def remove_stale_temporaries(folder: Path, file_names: list[str]) -> None:
     whatever host, container or PID made it."""
     if not folder.is_dir():
         return
-    for name in set(file_names):
-        for temporary in folder.glob(f".{glob.escape(name)}.*.tmp"):
-            with suppress(OSError), open(temporary, "rb") as handle:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # a live run is writing it
-                temporary.unlink()
+    wanted = set(file_names)
+    for entry in os.scandir(folder):  # one listing, however many images the run has
+        match = _TEMPORARY.fullmatch(entry.name)
+        if match is None or match[1] not in wanted:
+            continue
+        with suppress(OSError), open(entry.path, "rb") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live run is writing it
+            os.unlink(entry.path)
+
+
+_TEMPORARY = re.compile(r"\.(.+)\.[0-9]+\.tmp")  # what `temporary_name` makes of NAME
 
 
 def temporary_name(target: Path) -> Path:

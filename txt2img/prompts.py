@@ -21,9 +21,9 @@ Two formats:
   `OVERRIDE_KEYS`, e.g. ``{"prompt": "a red fox", "seed": 7, "guidance": 6}``.
 
 In both, blank lines and lines whose first non-space character is ``#`` are skipped and
-line numbers count every line. A line may hold at most `MAX_LINE_BYTES` bytes and a file
-at most `MAX_IMAGES` prompts, so an endless input is refused at once. Every problem is
-a `UsageError` naming ``source:line``.
+line numbers count every line. A line may hold at most `MAX_LINE_BYTES` bytes, and a file
+at most `MAX_LINES` lines, `MAX_PROMPTS_BYTES` bytes and `MAX_IMAGES` prompts, so an
+endless input is refused at once. Every problem is a `UsageError` naming ``source:line``.
 Pure Python: no torch, diffusers or PIL here.
 """
 
