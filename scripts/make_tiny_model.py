@@ -69,11 +69,13 @@ def tokenizer_vocab() -> dict[str, int]:
     return {token: i for i, token in enumerate(tokens)}
 
 
-def write_tokenizer_files(folder: str | os.PathLike[str]) -> pathlib.Path:
+def write_tokenizer_files(folder: str | os.PathLike[str], pad: str = EOS_TOKEN) -> pathlib.Path:
     """Write a tiny CLIP tokenizer into ``folder``: vocab.json, merges.txt and the files
     ``CLIPTokenizer.save_pretrained`` writes (tokenizer.json, tokenizer_config.json, ...).
 
-    Returns the folder. ``<|endoftext|>`` is the unk and pad token, as in CLIP.
+    Returns the folder. ``<|endoftext|>`` is the unk token; the pad token is ``pad``: EOS as
+    in OpenAI's CLIP (SD 1.x, SDXL's first encoder), or ``"!"`` (id 0) as in the OpenCLIP
+    encoders' tokenizers (SD 2.x, SDXL's second encoder).
     """
     from transformers import CLIPTokenizer
 
@@ -86,7 +88,7 @@ def write_tokenizer_files(folder: str | os.PathLike[str]) -> pathlib.Path:
         unk_token=EOS_TOKEN,
         bos_token=BOS_TOKEN,
         eos_token=EOS_TOKEN,
-        pad_token=EOS_TOKEN,
+        pad_token=pad,
         model_max_length=MODEL_MAX_LENGTH,
     )
     tokenizer.save_pretrained(folder)
@@ -97,6 +99,14 @@ def write_tokenizer_files(folder: str | os.PathLike[str]) -> pathlib.Path:
     )
     (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
     return folder
+
+
+OPENCLIP_PAD = "!"  # id 0, as in the real SD 2.x and SDXL tokenizer_2 files
+
+
+def _pad_token(family: str, tokenizer_name: str) -> str:
+    openclip = tokenizer_name == "tokenizer_2" or family in ("sd2-v", "sd-turbo")
+    return OPENCLIP_PAD if openclip else EOS_TOKEN
 
 
 def _load_tokenizer(folder: pathlib.Path) -> Any:
@@ -126,7 +136,13 @@ def _text_encoder(hidden_size: int, projection_dim: int, with_projection: bool) 
     )
     torch.manual_seed(_SEED)
     cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
-    return cls(config).eval()
+    model = cls(config).eval()
+    # A trained final layer norm has a bias; a fresh one's outputs have mean exactly 0 per
+    # token, which no real model's have (A1111's emphasis divides by that mean).
+    final_norm = getattr(model, "text_model", model).final_layer_norm
+    with torch.no_grad():
+        final_norm.bias.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(_SEED))
+    return model
 
 
 def _vae(native_size: int, scaling_factor: float) -> Any:
@@ -229,7 +245,10 @@ def build_tiny_pipeline(
     if tokenizer_dir is None:
         with tempfile.TemporaryDirectory() as tmp:
             return build_tiny_pipeline(family, tmp)
-    tokenizer = _load_tokenizer(write_tokenizer_files(tokenizer_dir))
+    tokenizer_dir = pathlib.Path(tokenizer_dir)
+    tokenizer = _load_tokenizer(
+        write_tokenizer_files(tokenizer_dir, _pad_token(family, "tokenizer"))
+    )
     native = NATIVE_SIZES[family]
     scheduler = _scheduler(family)
 
@@ -255,7 +274,9 @@ def build_tiny_pipeline(
             text_encoder=text_encoder,
             text_encoder_2=text_encoder_2,
             tokenizer=tokenizer,
-            tokenizer_2=tokenizer,
+            tokenizer_2=_load_tokenizer(
+                write_tokenizer_files(tokenizer_dir / "openclip", OPENCLIP_PAD)
+            ),
             unet=unet,
             scheduler=scheduler,
             force_zeros_for_empty_prompt=True,
@@ -297,7 +318,7 @@ def build_tiny_model(path: str | os.PathLike[str], family: str = "sd1") -> pathl
     # Keep vocab.json / merges.txt next to tokenizer.json (for slow / older tokenizers).
     for name in ("tokenizer", "tokenizer_2"):
         if (path / name).is_dir():
-            write_tokenizer_files(path / name)
+            write_tokenizer_files(path / name, _pad_token(family, name))
     return path
 
 

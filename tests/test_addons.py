@@ -340,7 +340,14 @@ def test_lora_folder_equals_the_file_and_records_no_fake_hash(
     path = draw(cli, tmp_path, models["sd1"], "--lora", files.lora_folder)
     np.testing.assert_array_equal(pixels(path), with_lora_a)
     assert addons(path) == [
-        {"kind": "lora", "name": "style-a-folder", "hash": None, "scale": 1.0, "token": None}
+        {
+            "kind": "lora",
+            "name": "style-a-folder",
+            "hash": None,
+            "scale": 1.0,
+            "token": None,
+            "te_scale": 1.0,
+        }
     ]
     hashes = infotext(path).get("Lora hashes", "")
     assert "None" not in hashes, hashes
@@ -354,8 +361,22 @@ def test_lora_metadata_parses_back(files, stacked):
     assert params["Lora hashes"] == f"style-a: {hash_a}, style-b: {hash_b}"
     assert "VAE hash" not in params and "TI hashes" not in params
     assert addons(path) == [
-        {"kind": "lora", "name": "style-a", "hash": hash_a, "scale": 0.7, "token": None},
-        {"kind": "lora", "name": "style-b", "hash": hash_b, "scale": 0.3, "token": None},
+        {
+            "kind": "lora",
+            "name": "style-a",
+            "hash": hash_a,
+            "scale": 0.7,
+            "token": None,
+            "te_scale": 0.7,
+        },
+        {
+            "kind": "lora",
+            "name": "style-b",
+            "hash": hash_b,
+            "scale": 0.3,
+            "token": None,
+            "te_scale": 0.3,
+        },
     ]
 
 
@@ -370,7 +391,14 @@ def test_embedding_equals_diffusers_textual_inversion(cli, tmp_path, models, fil
     digest = sha256(files.embedding, 12)
     assert infotext(path)["TI hashes"] == f"myword: {digest}"
     assert addons(path) == [
-        {"kind": "embedding", "name": "myword", "hash": digest, "scale": None, "token": "myword"}
+        {
+            "kind": "embedding",
+            "name": "myword",
+            "hash": digest,
+            "scale": None,
+            "token": "myword",
+            "te_scale": None,
+        }
     ]
 
 
@@ -420,7 +448,14 @@ def test_vae_folder_equals_diffusers(cli, tmp_path, models, files, plain, with_v
     params = infotext(path)
     assert params["VAE"] == "my-vae" and "VAE hash" not in params  # a folder has no file hash
     assert addons(path) == [
-        {"kind": "vae", "name": "my-vae", "hash": None, "scale": None, "token": None}
+        {
+            "kind": "vae",
+            "name": "my-vae",
+            "hash": None,
+            "scale": None,
+            "token": None,
+            "te_scale": None,
+        }
     ]
 
 

@@ -270,7 +270,7 @@ def pipeline_calls(monkeypatch) -> list[int]:
     original = StableDiffusionPipeline.__call__
 
     def spy(self, *args, **kwargs):
-        calls.append(len(kwargs["prompt"]))
+        calls.append(len(kwargs["prompt_embeds"]))
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(StableDiffusionPipeline, "__call__", spy)

@@ -116,11 +116,12 @@ def test_every_command_line_flag_is_an_option_on_a_prompt_line(tmp_path, flag):
 
     per_image = {f: option for option in IMAGE_OPTIONS for f in option.flags}
     prompts = tmp_path / "p.txt"
-    value = (
-        {int: "64", float: "4", str: "euler"}.get(per_image[flag].kind)
-        if flag in per_image
-        else "4"
-    )
+    option = per_image.get(flag)
+    value = "4"  # a valid value of every per-image option that takes a number
+    if option is not None and option.choices:
+        value = option.choices[-1]
+    elif option is not None and option.kind is int:
+        value = "8"
     prompts.write_text(f"a plan {flag} {value}\n")
     if flag in per_image:
         [line] = read_prompt_lines(str(prompts))

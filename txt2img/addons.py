@@ -16,7 +16,7 @@ import torch
 from diffusers import AutoencoderKL, StableDiffusionXLPipeline
 
 from .checkpoints import WeightsFormat, check_weights_file, load_pickle, named_for_its_format
-from .errors import ModelError, UnsafeCheckpointError
+from .errors import ModelError, UnsafeCheckpointError, is_out_of_memory
 from .model_source import ADDON_FILES, EmbeddingRef, ModelSource, SourceKind, pickled_files
 
 
@@ -27,8 +27,9 @@ class AddOn:
     kind: str  # "vae", "lora" or "embedding"
     name: str
     hash: str | None  # short sha256 of the file; None for Hub ids and folders
-    scale: float | None = None  # LoRAs
+    scale: float | None = None  # LoRAs: the weight on the U-Net
     token: str | None = None  # embeddings
+    te_scale: float | None = None  # LoRAs: the weight on the text encoders
 
 
 def read_weights(source: ModelSource) -> dict[str, torch.Tensor]:
@@ -84,38 +85,127 @@ def load_vae(
     return vae, AddOn("vae", name, digest)
 
 
-def load_loras(pipe: Any, loras: list[tuple[ModelSource, float]], offline: bool) -> list[AddOn]:
-    """Stack LoRAs (kohya/A1111 or diffusers format) with their own scales."""
-    names, records = [], []
-    for number, (source, scale) in enumerate(loras):
-        adapter = f"lora{number}"
-        if source.kind is SourceKind.file and source.weights_format is WeightsFormat.pickle:
-            pipe.load_lora_weights(read_weights(source), adapter_name=adapter)
-        elif source.kind is SourceKind.file:
-            # By path, so diffusers also reads the header's metadata (the LoRA's alpha).
-            with named_for_its_format(Path(source.location), source.weights_format) as named:
-                pipe.load_lora_weights(str(named), adapter_name=adapter)
-        else:
-            pipe.load_lora_weights(
-                source.location, adapter_name=adapter, use_safetensors=True,
-                local_files_only=offline,
-            )  # fmt: skip
-        names.append(adapter)
-        name, digest = _name_and_hash(source, 12, autov3=True)
-        records.append(AddOn("lora", name, digest, scale=scale))
-    if names:
-        pipe.set_adapters(names, adapter_weights=[record.scale for record in records])
-    return records
+@dataclass(frozen=True)
+class Lora:
+    adapter: str  # its diffusers adapter name
+    name: str  # A1111's: the file's stem (the tag's NAME)
+    hash: str | None
+
+
+@dataclass
+class Loras:
+    """The run's LoRAs, each file loaded once as one adapter: those of --lora, always on,
+    and those that prompts' tags name, on for the calls of those prompts only."""
+
+    pipe: Any
+    fixed: list[tuple[Lora, float]]
+    named: dict[str, Lora]
+    active: tuple | None = None  # the adapters and weights set on the pipeline now
+
+    def use(self, tags: tuple[Any, ...]) -> None:
+        """Switch the pipeline to --lora plus `tags` (`prompt_syntax.LoraTag`)."""
+        wanted = tuple((lora.adapter, te, unet) for lora, (te, unet) in self._weights(tags))
+        if wanted != self.active and (self.fixed or self.named):
+            self._apply(wanted)
+            self.active = wanted
+
+    def records(self, tags: tuple[Any, ...]) -> list[AddOn]:
+        return [
+            AddOn("lora", lora.name, lora.hash, scale=unet, te_scale=te)
+            for lora, (te, unet) in self._weights(tags)
+        ]
+
+    def _weights(self, tags: tuple[Any, ...]) -> list[tuple[Lora, tuple[float, float]]]:
+        """(text-encoder, U-Net) weight of each LoRA in use. A file named twice adds its
+        weights, as stacking it twice would."""
+        weights: dict[Lora, tuple[float, float]] = {}
+        named = [(self.named[tag.name], tag.te, tag.unet) for tag in tags]
+        for lora, te, unet in [(lora, scale, scale) for lora, scale in self.fixed] + named:
+            old_te, old_unet = weights.get(lora, (0.0, 0.0))
+            weights[lora] = (old_te + te, old_unet + unet)
+        return list(weights.items())
+
+    def _apply(self, wanted: tuple) -> None:
+        if not wanted:
+            self.pipe.disable_lora()
+            return
+        self.pipe.enable_lora()
+        encoders = ["text_encoder"]
+        if isinstance(self.pipe, StableDiffusionXLPipeline):
+            encoders.append("text_encoder_2")
+        self.pipe.set_adapters(
+            [adapter for adapter, _, _ in wanted],
+            adapter_weights=[
+                {"unet": unet, **dict.fromkeys(encoders, te)} for _, te, unet in wanted
+            ],
+        )
+
+
+def load_loras(
+    pipe: Any,
+    fixed: list[tuple[ModelSource, float]],
+    named: dict[str, ModelSource],
+    offline: bool,
+) -> Loras:
+    """Load every LoRA file once (kohya/A1111 or diffusers format); --lora ones go on."""
+    loaded: dict[str, Lora] = {}
+
+    def load(source: ModelSource, name: str | None = None) -> Lora:
+        if source.location not in loaded:
+            adapter = f"lora{len(loaded)}"
+            _load_lora(pipe, source, adapter, offline)
+            _, digest = _name_and_hash(source, 12, autov3=True)
+            loaded[source.location] = Lora(adapter, name or source.name, digest)
+        return loaded[source.location]
+
+    loras = Loras(
+        pipe,
+        fixed=[(load(source), scale) for source, scale in fixed],
+        named={name: load(source, name) for name, source in named.items()},
+    )
+    loras.use(())
+    return loras
+
+
+def _load_lora(pipe: Any, source: ModelSource, adapter: str, offline: bool) -> None:
+    try:
+        _load_lora_weights(pipe, source, adapter, offline)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        if is_out_of_memory(exc):
+            raise
+        message = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ModelError(
+            f"cannot apply the LoRA {source.location}: {message}",
+            "check that it is a LoRA made for this model family",
+        ) from exc
+
+
+def _load_lora_weights(pipe: Any, source: ModelSource, adapter: str, offline: bool) -> None:
+    if source.kind is SourceKind.file and source.weights_format is WeightsFormat.pickle:
+        pipe.load_lora_weights(read_weights(source), adapter_name=adapter)
+    elif source.kind is SourceKind.file:
+        # By path, so diffusers also reads the header's metadata (the LoRA's alpha).
+        with named_for_its_format(Path(source.location), source.weights_format) as named:
+            pipe.load_lora_weights(str(named), adapter_name=adapter)
+    else:
+        pipe.load_lora_weights(
+            source.location, adapter_name=adapter, use_safetensors=True,
+            local_files_only=offline,
+        )  # fmt: skip
 
 
 def load_embeddings(
     pipe: Any, embeddings: list[EmbeddingRef], offline: bool, allow_pickle: bool
-) -> list[AddOn]:
+) -> tuple[list[AddOn], dict[str, str]]:
     """Textual inversions, every one read by `read_weights` (a Hub id's file is fetched
-    first). The token: see `EmbeddingRef`. SDXL embeddings carry one vector set per text
-    encoder (`clip_l`, `clip_g`)."""
-    records = []
-    for ref in embeddings:
+    first); their records, and for each the tokenizer token it is loaded under. The
+    token a prompt uses (see `EmbeddingRef`) is matched by `conditioning` as a whole word
+    in any case, as A1111 matches it on whole tokens; the tokenizers only know a private
+    token, so a name never acts inside another word ("bad" in "badge") and may be a word
+    of CLIP's own vocabulary. SDXL embeddings carry one vector set per text encoder
+    (`clip_l`, `clip_g`)."""
+    records, tokens = [], {}
+    for number, ref in enumerate(embeddings):
         name, digest = _name_and_hash(ref.source, 12)
         source = ref.source
         if source.kind is SourceKind.hub:
@@ -123,9 +213,11 @@ def load_embeddings(
         state = read_weights(source)
         trained = None if ref.default_token_is_name else trained_token(state)
         token = ref.token or trained or name
-        _load_embedding_file(pipe, state, token, source.location)
+        private = f"<txt2img-embedding-{number}>"
+        _load_embedding_file(pipe, state, private, source.location)
         records.append(AddOn("embedding", name, digest, token=token))
-    return records
+        tokens.setdefault(token, private)
+    return records, tokens
 
 
 def fetch_embedding(repo_id: str, offline: bool, allow_pickle: bool) -> ModelSource:

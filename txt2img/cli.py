@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import sys
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -62,8 +63,13 @@ def _show_version(value: bool) -> None:
 def _parameter(option: Option) -> inspect.Parameter:
     """The Typer parameter of one option of `options.OPTIONS`."""
     kind: Any = option.kind
+    envvar = option.envvar
     if option.choices is not None:
         kind = Enum(option.key, {choice: choice for choice in option.choices}, type=str)
+    if option.repeat and kind is Path:
+        # Folders as text (a Path would make "" into "."); their variable is split like
+        # PATH by `settings.folders`, not by the command line.
+        kind, envvar = str, None
     if option.repeat:
         kind = list[kind]
     if option.default is None:
@@ -74,7 +80,7 @@ def _parameter(option: Option) -> inspect.Parameter:
     info = typer.Option(
         *flags,
         help=option.help,
-        envvar=option.envvar,
+        envvar=envvar,
         show_default=option.default not in (None, False, ""),
     )
     return inspect.Parameter(

@@ -14,6 +14,8 @@ import torch
 import transformers
 
 from . import __version__
+from .addons import AddOn
+from .conditioning import PromptEncoder
 from .errors import (
     OUT_OF_MEMORY_MESSAGE,
     BadImageError,
@@ -45,6 +47,7 @@ class Drawing:
     reporter: Reporter
     results: Results
     taken: set[str]  # the run's file names already on disk
+    prompts: PromptEncoder
 
 
 def generate(
@@ -72,11 +75,13 @@ def generate(
     )
     jobs = [job.with_defaults(d.values()) for job in jobs]
     check_sizes(jobs)
-    drawing = Drawing(settings, model, reporter, results, taken)
+    prompts = PromptEncoder(model.pipe, d.architecture, model.embedding_tokens)
+    check_prompt_settings(prompts, jobs, reporter, settings.verbose)
+    drawing = Drawing(settings, model, reporter, results, taken, prompts)
     failed = 0
     reporter.start()
     try:
-        for batch in batches(jobs, settings.batch_size):
+        for batch in batches(jobs, settings.batch_size, prompts.chunk_count):
             wanted = [job for job in batch if job.index not in done]
             if wanted:
                 failed += draw_batch(drawing, batch, wanted)
@@ -91,8 +96,9 @@ def draw_batch(drawing: Drawing, batch: list[ImageJob], wanted: list[ImageJob]) 
     drawing.reporter.image_started()
     try:
         drawn = render(
-            drawing.model, batch, drawing.reporter.step_done, drawing.settings.save_steps
-        )
+            drawing.model, drawing.prompts, batch, drawing.reporter.step_done,
+            drawing.settings.save_steps,
+        )  # fmt: skip
     except Exception as exc:
         return fail_or_raise(drawing, wanted, exc)
     seconds = (time.perf_counter() - started) / len(batch)
@@ -137,6 +143,30 @@ def check_sizes(jobs: list[ImageJob]) -> None:
                 ) from None
 
 
+def check_prompt_settings(
+    prompts: PromptEncoder, jobs: list[ImageJob], reporter: Reporter, verbose: bool
+) -> None:
+    """Clip skip against the model's text encoder, before anything is drawn; with
+    --verbose, each prompt's token and chunk count."""
+    skips = {job["clip_skip"]: job for job in reversed(jobs)}  # each value's first job
+    for skip, job in skips.items():
+        try:
+            prompts.check_clip_skip(skip)
+        except UsageError as exc:
+            where = f"prompt on line {job.line}: " if job.line else ""
+            raise UsageError(f"{where}{exc.message}", exc.hint) from None
+    if max(skips) > 1 and not prompts.clip_skip_applies:
+        reporter.info("--clip-skip changes SD 1.x models only; this model uses its "
+                      "penultimate layer as it is (as A1111 does)")  # fmt: skip
+    if verbose:
+        seen = set()
+        for job in jobs:
+            if job.line not in seen:
+                seen.add(job.line)
+                where = f"line {job.line}" if job.line else "the prompt"
+                reporter.info(f"{where}: {prompts.describe(job)}")
+
+
 def fail_or_raise(drawing: Drawing, jobs: list[ImageJob], exc: Exception) -> int:
     """With --keep-going, report failed items and go on; otherwise stop the run."""
     out_of_memory = is_out_of_memory(exc)
@@ -170,14 +200,20 @@ class Drawn:
 
 
 def render(
-    model: LoadedModel, batch: list[ImageJob], on_step: Any, save_steps: int | None
+    model: LoadedModel,
+    prompts: PromptEncoder,
+    batch: list[ImageJob],
+    on_step: Any,
+    save_steps: int | None,
 ) -> Drawn:
-    """One pipeline call for a batch of jobs that share their settings.
+    """One pipeline call for a batch of jobs that share their settings, with the prompt
+    embeddings built by A1111's rules (`conditioning.py`).
 
     Each image gets its own fresh CPU generator, so its starting noise depends only on
     its seed: not on the device, the batch size, or what was drawn before."""
     first = batch[0]
     use_scheduler(model, first["scheduler"])
+    model.loras.use(first.lora_tags)  # before the prompts are encoded: LoRAs act there too
     final: dict[str, torch.Tensor] = {}
 
     def step_callback(pipeline: Any, step: int, timestep: Any, tensors: dict) -> dict:
@@ -189,12 +225,7 @@ def render(
     try:
         with recording(model.pipe, save_steps) as recorder:
             output = model.pipe(
-                prompt=[job.prompt for job in batch],
-                # None, not "": SDXL then uses zero embeddings for the unconditional branch,
-                # exactly as a plain diffusers call does.
-                negative_prompt=[job["negative_prompt"] for job in batch]
-                if first["negative_prompt"]
-                else None,
+                **prompts.embed(batch),
                 num_inference_steps=first["steps"],
                 guidance_scale=first["guidance"],
                 width=first["width"],
@@ -287,7 +318,9 @@ def write_image(
 ) -> None:
     model, settings = drawing.model, drawing.settings
     image = model.pipe.image_processor.numpy_to_pil(pixels[None])[0]
-    record = image_record(job, model_facts(model, job, vae_fp32_retry))
+    addons = image_addons(drawing, job)
+    facts = model_facts(model, job, vae_fp32_retry, addons, drawing.prompts.pads(job))
+    record = image_record(job, facts)
     target = settings.output_dir / job.file_name
     write_png(image, target, text_chunks(record), replace=settings.existing is Existing.replace)
     drawing.results.written(target, job, record, seconds)
@@ -301,7 +334,19 @@ def write_strip(settings: Settings, model: LoadedModel, job: ImageJob, sheet: An
     write_png(sheet, settings.output_dir / job.strip_name, chunks, replace=replace)
 
 
-def model_facts(model: LoadedModel, job: ImageJob, vae_fp32_retry: bool) -> dict[str, Any]:
+def image_addons(drawing: Drawing, job: ImageJob) -> list[AddOn]:
+    """The add-ons that acted on `job`: the VAE, the LoRAs switched on for it, and the
+    embeddings its prompts use (A1111's "TI hashes" lists only those)."""
+    used = drawing.prompts.embedding_tokens(job)
+    model = drawing.model
+    vae = [addon for addon in model.addons if addon.kind == "vae"]
+    embeddings = [a for a in model.addons if a.kind == "embedding" and a.token in used]
+    return [*vae, *model.loras.records(job.lora_tags), *embeddings]
+
+
+def model_facts(
+    model: LoadedModel, job: ImageJob, vae_fp32_retry: bool, addons: list[AddOn], pad_conds: bool
+) -> dict[str, Any]:
     """What the model and the device made of `job`: `metadata.MODEL_KEYS`."""
     scheduler = model.pipe.scheduler
     sampler, schedule = a1111_sampler(job["scheduler"], type(scheduler).__name__, scheduler.config)
@@ -318,7 +363,8 @@ def model_facts(model: LoadedModel, job: ImageJob, vae_fp32_retry: bool) -> dict
         "dtype": model.dtype_name,
         "vae_fp32_retry": vae_fp32_retry,
         "speedups": list(model.speedups),
-        "addons": [asdict(addon) for addon in model.addons],
+        "pad_conds": pad_conds,
+        "addons": [asdict(addon) for addon in addons],
         "versions": {
             "txt2img": __version__,
             "diffusers": diffusers.__version__,

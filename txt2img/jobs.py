@@ -4,13 +4,14 @@ which of them this process draws, and how they are grouped into pipeline calls."
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import UsageError
 from .options import IMAGE_OPTIONS, RECORDED_OPTIONS
 from .outputs import image_file_name
+from .prompt_syntax import LoraTag, check_prompts, take_lora_tags
 from .settings import Settings, check_image_count, check_seed_range
 
 # Per-image values that decide which jobs may share one pipeline call.
@@ -48,9 +49,15 @@ class ImageJob:
         return ImageJob(self.index, self.line, self.prompt, filled)
 
     @property
+    def lora_tags(self) -> tuple[LoraTag, ...]:
+        return take_lora_tags(self.prompt)[1]
+
+    @property
     def batch_key(self) -> tuple:
-        """Jobs with equal keys can share one pipeline call (see `Option.batch`)."""
-        return tuple(bool(self[o.key]) if o.batch == "given" else self[o.key] for o in _BATCH_KEYS)
+        """Jobs with equal keys can share one pipeline call (see `Option.batch`); the
+        LoRAs a prompt's tags switch on are the call's too."""
+        values = (bool(self[o.key]) if o.batch == "given" else self[o.key] for o in _BATCH_KEYS)
+        return (*values, self.lora_tags)
 
 
 def plan_jobs(settings: Settings) -> list[ImageJob]:
@@ -65,6 +72,7 @@ def plan_jobs(settings: Settings) -> list[ImageJob]:
         try:
             check_image_count(len(jobs) + count)
             check_seed_range(first_seed, count)
+            check_prompts(line.prompt, options["negative_prompt"], options["emphasis"])
         except UsageError as exc:
             where = f"prompt on line {line.line}: " if line.line else ""
             raise UsageError(f"{where}{exc.message}", exc.hint) from exc
@@ -88,13 +96,17 @@ def process_share(jobs: list[ImageJob]) -> list[ImageJob]:
     return jobs[rank::size]
 
 
-def batches(jobs: list[ImageJob], size: int) -> Iterator[list[ImageJob]]:
-    """Consecutive jobs that share their settings, at most `size` at a time. Always
-    called on a process's whole share (done images included), so that a resumed run
-    groups its images exactly as the uninterrupted one did."""
+def batches(
+    jobs: list[ImageJob], size: int, key: Callable[[ImageJob], Any] = lambda job: None
+) -> Iterator[list[ImageJob]]:
+    """Consecutive jobs that share their settings (`batch_key` and `key`), at most `size`
+    at a time. Always called on a process's whole share (done images included), so that
+    a resumed run groups its images exactly as the uninterrupted one did."""
     batch: list[ImageJob] = []
     for job in jobs:
-        if batch and (len(batch) == size or job.batch_key != batch[0].batch_key):
+        if batch and (
+            len(batch) == size or job.batch_key != batch[0].batch_key or key(job) != key(batch[0])
+        ):
             yield batch
             batch = []
         batch.append(job)

@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from . import __version__
-from .options import RECORDED_OPTIONS
+from .options import EMPHASIS, RECORDED_OPTIONS
 
 # What the model and the device decided, beside the per-image options.
 MODEL_KEYS = (
@@ -29,6 +29,7 @@ MODEL_KEYS = (
     "dtype",
     "vae_fp32_retry",  # the first decode gave NaN; this image was decoded in fp32
     "speedups",  # --fast / --compile parts in use (see fast.py)
+    "pad_conds",  # the positive and negative prompt were padded to the same chunk count
     "addons",  # VAE, LoRAs, embeddings: kind, name, hash, scale, token
     "versions",
 )
@@ -103,6 +104,8 @@ def infotext(record: dict[str, Any]) -> str:
         "RNG": "CPU",  # we always draw the starting noise on the CPU
         "Lora hashes": _hashes(record, "lora"),
         "TI hashes": _hashes(record, "embedding"),
+        "Emphasis": _emphasis(record),
+        "Pad conds": True if record["pad_conds"] else None,
         "Version": f"txt2img {__version__}",
     })  # fmt: skip
     order = [k for k in _INFOTEXT_ORDER if k != "Version"]
@@ -115,6 +118,13 @@ def infotext(record: dict[str, Any]) -> str:
     negative = record["negative_prompt"]
     negative_line = f"\nNegative prompt: {unforgeable(negative)}" if negative else ""
     return f"{unforgeable(record['prompt'])}{negative_line}\n{pairs}".strip()
+
+
+def _emphasis(record: dict[str, Any]) -> str | None:
+    """A1111 names the emphasis mode when it is not the default and a prompt has brackets
+    for it to act on."""
+    brackets = any(c in record["prompt"] + record["negative_prompt"] for c in "([")
+    return EMPHASIS[record["emphasis"]] if record["emphasis"] != "original" and brackets else None
 
 
 def _one(record: dict[str, Any], kind: str, key: str) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
@@ -234,8 +234,9 @@ class ModelPlan:
     source: ModelSource
     config: Path | None  # config folder for a single-file checkpoint; None: by family
     vae: ModelSource | None
-    loras: tuple[tuple[ModelSource, float], ...]
+    loras: tuple[tuple[ModelSource, float], ...]  # --lora: always on
     embeddings: tuple[EmbeddingRef, ...]
+    named_loras: dict[str, ModelSource] = field(default_factory=dict)  # <lora:NAME> tags
     allow_pickle: bool = False
     pickled_folder: bool = False  # a diffusers folder whose weights are .bin pickles
 
@@ -248,10 +249,21 @@ def plan_model(
     vae: str | None = None,
     loras: tuple[tuple[str, float], ...] = (),
     embeddings: tuple[tuple[str, str | None], ...] = (),
+    named_loras: dict[str, Path] | None = None,
+    named_embeddings: dict[str, Path] | None = None,
 ) -> ModelPlan:
     """Find and check everything a run loads (the model, --config, --vae, --lora,
-    --embedding), before anything is loaded."""
+    --embedding, and the add-ons the prompts name from --lora-dir and --embeddings-dir,
+    each loaded under its name), before anything is loaded."""
     source = locate(model, allow_pickle)
+    # An embedding named in a prompt is loaded with its name as its token (once, if
+    # --embedding gives the same file).
+    given = {Path(ref).expanduser().resolve() for ref, _ in embeddings}
+    embeddings += tuple(
+        (str(path), name)
+        for name, path in (named_embeddings or {}).items()
+        if path.resolve() not in given
+    )
     pickled_folder = source.kind is SourceKind.folder and check_folder_weights(
         Path(source.location), allow_pickle, "the model folder"
     )
@@ -266,4 +278,8 @@ def plan_model(
             EmbeddingRef(locate_addon(ref, "--embedding", allow_pickle), token)
             for ref, token in embeddings
         ),
+        named_loras={
+            name: locate_addon(str(path), "--lora", allow_pickle)
+            for name, path in (named_loras or {}).items()
+        },
     )

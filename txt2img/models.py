@@ -21,7 +21,7 @@ import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.loaders import single_file
 
-from .addons import AddOn, load_embeddings, load_loras, load_vae
+from .addons import AddOn, Loras, load_embeddings, load_loras, load_vae
 from .checkpoints import WeightsFormat, load_pickle, named_for_its_format, refused_pickle
 from .errors import (
     ModelError,
@@ -45,6 +45,7 @@ class ModelDefaults:
     """What a model family draws best with, used wherever the user did not say."""
 
     family: str
+    architecture: str  # "sd1", "sd2" or "sdxl", from the weights whatever the name says
     steps: int
     guidance: float
     width: int
@@ -64,7 +65,9 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     own_scheduler: Any  # the scheduler saved with the model
-    addons: list[AddOn]
+    addons: list[AddOn]  # the VAE and the embeddings
+    loras: Loras
+    embedding_tokens: dict[str, str]  # a prompt's token -> the tokenizers' private one
     speedups: tuple[str, ...]  # fast.PARTS in use
     schedulers: dict[str, Any] = field(default_factory=dict)  # --scheduler names, built once
 
@@ -110,7 +113,7 @@ def open_model(
     `speedups`), dtype, weights, add-ons, placement."""
     device = pick_device(options.device)
     if speedups is None:
-        speedups = speedups_for(options, device, has_loras=bool(plan.loras))
+        speedups = speedups_for(options, device, has_loras=bool(plan.loras or plan.named_loras))
     dtype = pick_dtype(options.dtype, device, speedups)
     source = plan.source
     try:
@@ -131,12 +134,15 @@ def open_model(
         if isinstance(exc, Txt2ImgError) or is_out_of_memory(exc):
             raise
         raise _load_error(source, exc) from exc
-    addons = apply_addons(pipe, plan, vae_config, dtype, options.offline)
+    addons, loras, embedding_tokens = apply_addons(pipe, plan, vae_config, dtype, options.offline)
     pipe.set_progress_bar_config(disable=True)
     place(pipe, device, options.memory)
     apply_fast_path(pipe, speedups)
     defaults = model_defaults(pipe, source.name)
-    return LoadedModel(pipe, source, defaults, device, dtype, pipe.scheduler, addons, speedups)
+    return LoadedModel(
+        pipe, source, defaults, device, dtype, pipe.scheduler, addons, loras, embedding_tokens,
+        speedups,
+    )  # fmt: skip
 
 
 def _load_pretrained(plan: ModelPlan, options: LoadOptions, dtype: torch.dtype) -> Any:
@@ -175,15 +181,18 @@ def has_fp16_variant(source: ModelSource) -> bool:
 
 def apply_addons(
     pipe: Any, plan: ModelPlan, vae_config: tuple[str, str], dtype: torch.dtype, offline: bool
-) -> list[AddOn]:
+) -> tuple[list[AddOn], Loras, dict[str, str]]:
     """`vae_config` (folder or Hub id, subfolder) configures a single-file VAE."""
     addons: list[AddOn] = []
     try:
         if plan.vae is not None:
             pipe.vae, vae = load_vae(plan.vae, vae_config, dtype, offline)
             addons.append(vae)
-        addons += load_loras(pipe, list(plan.loras), offline)
-        addons += load_embeddings(pipe, list(plan.embeddings), offline, plan.allow_pickle)
+        loras = load_loras(pipe, list(plan.loras), plan.named_loras, offline)
+        embeddings, tokens = load_embeddings(
+            pipe, list(plan.embeddings), offline, plan.allow_pickle
+        )
+        addons += embeddings
     except Exception as exc:
         if isinstance(exc, Txt2ImgError) or is_out_of_memory(exc):
             raise
@@ -191,7 +200,7 @@ def apply_addons(
             f"cannot apply add-on: {first_line(exc)}",
             "check that the LoRA, VAE or embedding was made for this model family",
         ) from exc
-    return addons
+    return addons, loras, tokens
 
 
 def place(pipe: Any, device: torch.device, memory: MemorySavers) -> None:
@@ -303,13 +312,15 @@ def model_defaults(pipe: Any, name: str) -> ModelDefaults:
     side = unet.sample_size * pipe.vae_scale_factor
     turbo = "turbo" in name.lower()
     if isinstance(pipe, StableDiffusionXLPipeline):
-        family = "sdxl-turbo" if turbo else "sdxl"
-    elif turbo:
-        family = "sd-turbo"
+        architecture = "sdxl"
+    elif unet.use_linear_projection or unet.cross_attention_dim == 1024:
+        architecture = "sd2"
     else:
-        family = "sd2" if unet.use_linear_projection or unet.cross_attention_dim == 1024 else "sd1"
+        architecture = "sd1"
+    family = {"sdxl": "sdxl-turbo", "sd2": "sd-turbo"}.get(architecture, "sd-turbo")
+    family = family if turbo else architecture
     defaults = TURBO if turbo else STANDARD
-    return ModelDefaults(family, defaults.steps, defaults.guidance, side, side)
+    return ModelDefaults(family, architecture, defaults.steps, defaults.guidance, side, side)
 
 
 def first_line(exc: BaseException) -> str:

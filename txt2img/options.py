@@ -29,6 +29,9 @@ MAX_PROMPT_CHARS = 16_384  # about 4,000 CLIP tokens
 MAX_LINE_BYTES = 65_536  # one line of a prompts file
 MAX_LINES = 1_000_000  # lines of a prompts file, blank and comment lines included
 MAX_PROMPTS_BYTES = 64 << 20  # a whole prompts file
+MAX_CLIP_SKIP = 12  # A1111's range; a model with fewer text-encoder layers allows fewer
+# A1111's emphasis modes (--emphasis) and the names its infotext gives them.
+EMPHASIS = {"original": "Original", "no-norm": "No norm", "ignore": "Ignore", "none": "None"}
 
 
 class Device(StrEnum):
@@ -97,6 +100,13 @@ def _check_side(flag: str, side: int | None) -> None:
         raise UsageError(
             f"{flag} must be a multiple of 8, got {side}", f"try {lower or 8} or {upper}"
         )
+
+
+def _check_folders(flag: str, folders: list[str]) -> None:
+    """Folders from the command line or, split at ':', from the option's variable."""
+    for folder in folders:
+        if not Path(folder).expanduser().is_dir():
+            raise UsageError(f"{flag} {folder} is not a folder", "give folders that exist")
 
 
 def _checked_range(low: int, high: int | None) -> Callable[[str, Any], None]:
@@ -172,6 +182,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("scheduler", ("--scheduler",), "Sampler, built from the model's own scheduler "
            "config (default: the model's saved scheduler).", per_image=True,
            choices=tuple(SCHEDULERS)),
+    Option("clip_skip", ("--clip-skip",), "Text-encoder layers to skip from the end, in "
+           "A1111's numbering: 1 uses the last, 2 the penultimate (SD 1.x models made for "
+           "'Clip skip: 2'). SD 1.x only: SD 2.x and SDXL always use their penultimate "
+           "layer, and A1111 ignores Clip skip there too.", int, default=1, per_image=True,
+           check=_checked_range(1, MAX_CLIP_SKIP), infotext="Clip skip", infotext_default=1),
+    Option("emphasis", ("--emphasis",), "How (word:1.2) weights act, as in A1111: original "
+           "(weights, then each chunk's mean restored), no-norm (weights only), ignore "
+           "(brackets parsed, weights dropped), none (the prompt taken literally).",
+           default="original", per_image=True, choices=tuple(EMPHASIS)),
     # Per run.
     Option("prompts_file", ("--prompts-file", "-f"), "One prompt per line, with optional "
            "per-line options; .jsonl for JSON objects; - reads standard input."),
@@ -207,6 +226,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("vae", ("--vae",), "Replacement VAE: diffusers folder, .safetensors or Hub id."),
     Option("lora", ("--lora",), "LoRA file or Hub id, with an optional :SCALE (default 1). "
            "Repeatable.", repeat=True),
+    Option("lora_dir", ("--lora-dir",), "Folder of LoRAs that prompts name with "
+           "<lora:NAME:WEIGHT> (NAME: the file's stem). Repeatable; searched in order. "
+           "Default: $TXT2IMG_LORA_DIR, folders separated by ':'.", Path,
+           repeat=True, envvar="TXT2IMG_LORA_DIR", check=_check_folders),
+    Option("embeddings_dir", ("--embeddings-dir",), "Folder of textual-inversion embeddings, "
+           "each used when its file's stem appears in a prompt as a word. Repeatable. Default: "
+           "$TXT2IMG_EMBEDDINGS_DIR, folders separated by ':'.", Path,
+           repeat=True, envvar="TXT2IMG_EMBEDDINGS_DIR", check=_check_folders),
     Option("embedding", ("--embedding",), "Textual-inversion embedding, with an optional "
            ":TOKEN (default: its file name, or the trained token of a folder or Hub id). "
            "Repeatable.", repeat=True),

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 
-from .errors import PartialFailure, UsageError, debug_enabled
+from .addon_folders import embeddings_named, find_lora, folder_index
+from .errors import PartialFailure, Txt2ImgError, UsageError, debug_enabled
 from .jobs import ImageJob, plan_jobs, process_share, world
 from .model_source import plan_model
 from .outputs import Results, check_stdout, refuse_existing, remove_stale_temporaries, taken_names
 from .progress import Reporter
+from .prompt_syntax import take_lora_tags
 from .settings import Existing, Settings
 
 
@@ -24,6 +27,8 @@ def run(settings: Settings) -> None:
             "pass --seed to accelerate launch / torchrun runs",
         )
     check_stdout()
+    jobs = plan_jobs(settings)
+    named_loras, named_embeddings = prompt_addons(settings)
     plan = plan_model(
         settings.model,
         allow_pickle=settings.allow_pickle,
@@ -31,8 +36,10 @@ def run(settings: Settings) -> None:
         vae=settings.vae,
         loras=settings.loras,
         embeddings=settings.embeddings,
+        named_loras=named_loras,
+        named_embeddings=named_embeddings,
     )
-    jobs = process_share(plan_jobs(settings))
+    jobs = process_share(jobs)
     names = [job.file_name for job in jobs]
     if settings.save_steps:
         names += [job.strip_name for job in jobs]
@@ -61,6 +68,28 @@ def run(settings: Settings) -> None:
     failed = generate(settings, plan, jobs, done, taken, reporter, results)
     if failed:
         raise PartialFailure(f"{failed} of {to_draw} images failed", "see the messages above")
+
+
+def prompt_addons(settings: Settings) -> tuple[dict[str, Path], dict[str, Path]]:
+    """The LoRAs the prompts' tags name, by name, from --lora-dir; and the embeddings of
+    --embeddings-dir whose names the prompts use."""
+    loras: dict[str, Path] | None = None  # the folders are searched once, if a tag needs it
+    named: dict[str, Path] = {}
+    texts = []
+    for line in settings.prompts:
+        negative = line.overrides.get("negative_prompt", settings.image["negative_prompt"])
+        text, tags = take_lora_tags(line.prompt)
+        texts += [text, negative]
+        for tag in tags:
+            if loras is None:
+                loras = folder_index(settings.lora_dirs, "--lora-dir")
+            try:
+                named.setdefault(tag.name, find_lora(loras, tag.name, settings.lora_dirs))
+            except Txt2ImgError as exc:
+                where = f"prompt on line {line.line}: " if line.line else ""
+                raise type(exc)(f"{where}{exc.message}", exc.hint) from None
+    embeddings = folder_index(settings.embedding_dirs, "--embeddings-dir")
+    return named, embeddings_named(embeddings, texts)
 
 
 def nothing_to_do(settings: Settings, share: int) -> str:

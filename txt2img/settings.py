@@ -82,6 +82,8 @@ class Settings:
     vae: str | None  # a replacement VAE: folder, file or Hub id
     loras: tuple[tuple[str, float], ...]  # (path or Hub id, scale), applied in order
     embeddings: tuple[tuple[str, str | None], ...]  # (path or Hub id, trigger token)
+    lora_dirs: tuple[Path, ...]  # where <lora:NAME:W> tags are looked up
+    embedding_dirs: tuple[Path, ...]  # embeddings used by name in the prompts
     save_steps: int | None  # also write a strip of every N-th step's clean estimate
 
 
@@ -141,9 +143,22 @@ def build_settings(prompts: tuple[PromptLine, ...], values: dict[str, Any]) -> S
         loras=tuple(parse_lora(value) for value in values["lora"] or ()),
         embeddings=tuple(split_suffix(v, "--embedding") for v in values["embedding"] or ()),
         save_steps=values["save_steps"],
+        lora_dirs=folders(values, "lora_dir"),
+        embedding_dirs=folders(values, "embeddings_dir"),
     )
     _check_output_dir(settings.output_dir)
     return settings
+
+
+def folders(values: dict[str, Any], key: str) -> tuple[Path, ...]:
+    """A repeatable folder option: its command-line values, else its environment
+    variable split at ':' like PATH (empty entries skipped), each checked."""
+    option = BY_KEY[key]
+    given = values[key]
+    if not given and option.envvar:
+        given = [entry for entry in os.environ.get(option.envvar, "").split(os.pathsep) if entry]
+        option.validate(given)
+    return tuple(Path(folder).expanduser() for folder in given or ())
 
 
 def check_seed_range(seed: int, num_images: int) -> None:
