@@ -347,6 +347,7 @@ def test_lora_folder_equals_the_file_and_records_no_fake_hash(
             "scale": 1.0,
             "token": None,
             "te_scale": 1.0,
+            "location": str((files.lora_folder / "pytorch_lora_weights.safetensors").resolve()),
         }
     ]
     hashes = infotext(path).get("Lora hashes", "")
@@ -368,6 +369,7 @@ def test_lora_metadata_parses_back(files, stacked):
             "scale": 0.7,
             "token": None,
             "te_scale": 0.7,
+            "location": str(files.lora_a.resolve()),
         },
         {
             "kind": "lora",
@@ -376,6 +378,7 @@ def test_lora_metadata_parses_back(files, stacked):
             "scale": 0.3,
             "token": None,
             "te_scale": 0.3,
+            "location": str(files.lora_b.resolve()),
         },
     ]
 
@@ -398,6 +401,7 @@ def test_embedding_equals_diffusers_textual_inversion(cli, tmp_path, models, fil
             "scale": None,
             "token": "myword",
             "te_scale": None,
+            "location": str(files.embedding.resolve()),
         }
     ]
 
@@ -455,6 +459,7 @@ def test_vae_folder_equals_diffusers(cli, tmp_path, models, files, plain, with_v
             "scale": None,
             "token": None,
             "te_scale": None,
+            "location": str(files.vae.resolve()),
         }
     ]
 

@@ -391,7 +391,7 @@ def test_a_lora_tag_applies_its_weights_from_the_folder(cli, tmp_path, models, l
     assert params["Lora hashes"].startswith("style-a: ")
     assert record(path)["addons"][0] == {"kind": "lora", "name": "style-a",
         "hash": params["Lora hashes"].split(": ")[1], "scale": 0.5, "token": None,
-        "te_scale": 0.5}  # fmt: skip
+        "te_scale": 0.5, "location": str(style_a.resolve())}  # fmt: skip
     split = "a red fox <lora:style-a:0:1>"  # text encoders 0, U-Net 1
     [path] = draw(cli, tmp_path / "b", model, split, "--lora-dir", lora_dir)
     expected = lora_pixels(model, "a red fox ", (style_a, {"unet": 1.0, "text_encoder": 0.0}))

@@ -30,6 +30,7 @@ class AddOn:
     scale: float | None = None  # LoRAs: the weight on the U-Net
     token: str | None = None  # embeddings
     te_scale: float | None = None  # LoRAs: the weight on the text encoders
+    location: str | None = None  # the file or folder (absolute) or Hub id, for --from
 
 
 def read_weights(source: ModelSource) -> dict[str, torch.Tensor]:
@@ -82,7 +83,7 @@ def load_vae(
             local_files_only=offline,
         )  # fmt: skip
     name, digest = _name_and_hash(source, 10)
-    return vae, AddOn("vae", name, digest)
+    return vae, AddOn("vae", name, digest, location=source.location)
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class Lora:
     adapter: str  # its diffusers adapter name
     name: str  # A1111's: the file's stem (the tag's NAME)
     hash: str | None
+    location: str
 
 
 @dataclass
@@ -111,7 +113,7 @@ class Loras:
 
     def records(self, tags: tuple[Any, ...]) -> list[AddOn]:
         return [
-            AddOn("lora", lora.name, lora.hash, scale=unet, te_scale=te)
+            AddOn("lora", lora.name, lora.hash, scale=unet, te_scale=te, location=lora.location)
             for lora, (te, unet) in self._weights(tags)
         ]
 
@@ -155,7 +157,7 @@ def load_loras(
             adapter = f"lora{len(loaded)}"
             _load_lora(pipe, source, adapter, offline)
             _, digest = _name_and_hash(source, 12, autov3=True)
-            loaded[source.location] = Lora(adapter, name or source.name, digest)
+            loaded[source.location] = Lora(adapter, name or source.name, digest, source.location)
         return loaded[source.location]
 
     loras = Loras(
@@ -215,7 +217,7 @@ def load_embeddings(
         token = ref.token or trained or name
         private = f"<txt2img-embedding-{number}>"
         _load_embedding_file(pipe, state, private, source.location)
-        records.append(AddOn("embedding", name, digest, token=token))
+        records.append(AddOn("embedding", name, digest, token=token, location=ref.source.location))
         tokens.setdefault(token, private)
     return records, tokens
 

@@ -16,8 +16,10 @@ from typer.core import TyperCommand
 
 from . import __version__
 from .errors import ExitCode, UsageError, fail, handle_errors
+from .image_settings import print_image_settings
 from .options import OPTIONS, Option, check_prompt
 from .prompts import PromptLine, read_prompt_lines
+from .redraw import values_from_image
 from .settings import build_settings
 
 
@@ -44,11 +46,28 @@ class OneLineErrors(TyperCommand):
         sys.exit(code if isinstance(code, int) else 0)
 
 
-app = typer.Typer(
-    add_completion=False,
-    rich_markup_mode=None,  # click's plain help: no flag is ever cut short at 80 columns
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+class DrawCommand(OneLineErrors):
+    """The drawing command, which is also the way to the subcommands: `txt2img info ...`
+    runs `info`; a prompt that is a subcommand's name is drawn after `--`."""
+
+    def main(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        if argv[:1] == ["info"]:
+            command = typer.main.get_command(info_app)
+            return command.main(argv[1:], *rest, **{**kwargs, "prog_name": "txt2img info"})
+        return super().main(argv, *rest, **kwargs)
+
+
+def _typer_app() -> typer.Typer:
+    return typer.Typer(
+        add_completion=False,
+        rich_markup_mode=None,  # click's plain help: no flag is ever cut short at 80 columns
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+
+
+app = _typer_app()
+info_app = _typer_app()
 
 
 def _show_version(value: bool) -> None:
@@ -89,7 +108,7 @@ def _parameter(option: Option) -> inspect.Parameter:
     )  # fmt: skip
 
 
-def txt2img(prompt: str | None = None, **values: Any) -> None:
+def txt2img(ctx: typer.Context, prompt: str | None = None, **values: Any) -> None:
     """Draw images from a text prompt, or from a file of prompts, with a Stable Diffusion model.
 
     Prints the path of each PNG on stdout as it is written; everything else goes to stderr.
@@ -101,11 +120,20 @@ def txt2img(prompt: str | None = None, **values: Any) -> None:
       txt2img "a red fox at dawn" --steps 30 --seed 7
       txt2img "a lighthouse" -m stabilityai/sdxl-turbo -N 4 -o out
       generate-prompts | txt2img -f - --seed 1 --json --resume -o batch
+      txt2img --from found.png --models-dir ~/models --seed 8
+
+    \b
+    Subcommands:
+      txt2img info IMAGE...   print the settings images were drawn with
+    A prompt that is a subcommand's name is drawn after --: txt2img -- info
     """
     values.pop("version", None)
     with handle_errors():
         values = {key: value.value if isinstance(value, Enum) else value
                   for key, value in values.items()}  # fmt: skip
+        if values["from_image"] is not None:
+            given = {key for key in values if _given(ctx, key)}
+            prompt, values = values_from_image(values["from_image"], prompt, values, given)
         prompts = read_prompts(prompt, values["prompts_file"])
         settings = build_settings(prompts, values)
         from .runner import run
@@ -113,6 +141,15 @@ def txt2img(prompt: str | None = None, **values: Any) -> None:
         run(settings)
 
 
+def _given(ctx: typer.Context, key: str) -> bool:
+    """Whether the user set an option (on the command line or by its variable)."""
+    source = ctx.get_parameter_source(key)
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
+_CONTEXT = inspect.Parameter(
+    "ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context
+)
 _PROMPT = inspect.Parameter(
     "prompt", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
     annotation=Annotated[
@@ -125,10 +162,30 @@ _VERSION = inspect.Parameter(
                                             help="Show the version.")],
 )  # fmt: skip
 txt2img.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-    [_PROMPT, *(_parameter(option) for option in OPTIONS), _VERSION]
+    [_CONTEXT, _PROMPT, *(_parameter(option) for option in OPTIONS), _VERSION]
 )
 txt2img.__annotations__ = {p.name: p.annotation for p in txt2img.__signature__.parameters.values()}
-app.command(cls=OneLineErrors)(txt2img)
+app.command(cls=DrawCommand)(txt2img)
+
+
+@info_app.command(cls=OneLineErrors)
+def info(
+    images: Annotated[
+        list[Path],
+        typer.Argument(help="PNG, JPEG or WebP files.", metavar="IMAGE", show_default=False),
+    ],
+    json_lines: Annotated[bool, typer.Option("--json", help="One JSON object per image.")] = False,
+) -> None:
+    """Print the settings each image was drawn with: txt2img's own record, else the
+    AUTOMATIC1111 infotext (as A1111, Forge, stable-diffusion.cpp and txt2img write it).
+
+    An image without settings is reported on stderr, and the others are still printed;
+    the exit code is then 2.
+    """
+    with handle_errors():
+        failed = print_image_settings(images, json_lines)
+    if failed:
+        raise typer.Exit(ExitCode.USAGE)
 
 
 def read_prompts(prompt: str | None, prompts_file: str | None) -> tuple[PromptLine, ...]:

@@ -356,6 +356,7 @@ def model_facts(
         "schedule_type": schedule,
         "model": model.source.location,
         "model_name": model.source.name,
+        "model_hash": model.model_hash,
         "model_family": model.defaults.family,
         "prediction_type": scheduler.config.get("prediction_type", "epsilon"),
         "pipeline": type(model.pipe).__name__,

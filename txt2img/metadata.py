@@ -22,6 +22,7 @@ MODEL_KEYS = (
     "schedule_type",
     "model",  # Hub id or absolute path
     "model_name",  # A1111's "Model:": file or folder name, or the Hub id
+    "model_hash",  # A1111's "Model hash" of a single-file checkpoint: sha256, 10 hex digits
     "model_family",
     "prediction_type",
     "pipeline",
@@ -81,7 +82,8 @@ def unforgeable(text: str) -> str:
 # A1111's order of the `k: v` pairs; a per-image option's own key (`Option.infotext`) that
 # is not placed here goes before "Version".
 _INFOTEXT_ORDER = (
-    "Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model", "VAE hash",
+    "Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model",
+    "VAE hash",
     "VAE", "RNG", "Lora hashes", "TI hashes", "Version",
 )  # fmt: skip
 
@@ -98,6 +100,7 @@ def infotext(record: dict[str, Any]) -> str:
         "Schedule type": record["schedule_type"],
         "CFG scale": float(fields["CFG scale"]),
         "Size": f"{record['width']}x{record['height']}",
+        "Model hash": record["model_hash"],
         "Model": record["model_name"],
         "VAE hash": _one(record, "vae", "hash"),
         "VAE": _one(record, "vae", "name"),

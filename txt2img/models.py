@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from unittest.mock import patch
@@ -21,6 +22,7 @@ import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.loaders import single_file
 
+from . import hash_cache
 from .addons import AddOn, Loras, load_embeddings, load_loras, load_vae
 from .checkpoints import WeightsFormat, load_pickle, named_for_its_format, refused_pickle
 from .errors import (
@@ -74,6 +76,13 @@ class LoadedModel:
     @property
     def dtype_name(self) -> str:
         return DTYPE_NAMES[self.dtype]
+
+    @cached_property
+    def model_hash(self) -> str | None:
+        """A1111's `Model hash` of a single-file checkpoint (hashed once, then cached)."""
+        if self.source.kind is not SourceKind.file:
+            return None
+        return hash_cache.model_hash(Path(self.source.location))
 
 
 def pick_device(choice: Device) -> torch.device:

@@ -194,6 +194,13 @@ OPTIONS: tuple[Option, ...] = (
     # Per run.
     Option("prompts_file", ("--prompts-file", "-f"), "One prompt per line, with optional "
            "per-line options; .jsonl for JSON objects; - reads standard input."),
+    Option("from_image", ("--from",), "Draw again with the settings an image records "
+           "(txt2img's or A1111's metadata): prompt, seed, sampler, model, add-ons...; the "
+           "options given here override them.", Path),
+    Option("models_dir", ("--models-dir",), "Folder of checkpoints where --from finds the "
+           "model an image names, by its A1111 Model hash, then by name. Repeatable. "
+           "Default: $TXT2IMG_MODELS_DIR, folders separated by ':'.", Path, repeat=True,
+           envvar="TXT2IMG_MODELS_DIR", check=_check_folders),
     Option("model", ("--model", "-m"), "Hugging Face Hub id, local diffusers folder, or "
            "single-file checkpoint (.safetensors).", default=DEFAULT_MODEL,
            envvar="TXT2IMG_MODEL"),

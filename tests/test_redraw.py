@@ -1,0 +1,279 @@
+"""Reading an image's settings back (`txt2img info`) and drawing it again (`--from IMAGE`),
+model hashes and their cache."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from addon_files import write_diffusers_lora, write_embedding
+from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
+from ldm_export import export_single_file
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from txt2img import hash_cache
+from txt2img.errors import ExitCode, UsageError
+from txt2img.image_settings import parse_infotext, read_image_settings, scheduler_for
+
+A1111_TEXT = (
+    "a red fox at dawn,\n(golden light:1.2), <lora:foxStyle:0.8>\n"
+    "Negative prompt: blurry,\nlowres\n"
+    "Steps: 30, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1234567890, "
+    "Size: 512x768, Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Clip skip: 2, "
+    'Emphasis: No norm, Lora hashes: "foxStyle: 0123456789ab, other: ba9876543210", '
+    'Prompt note: "a, b: c", Version: v1.10.1'
+)
+
+
+def test_an_a1111_infotext_parses_back_to_its_settings(tmp_path):
+    fields = parse_infotext(A1111_TEXT)
+    assert fields["Prompt"] == "a red fox at dawn,\n(golden light:1.2), <lora:foxStyle:0.8>"
+    assert fields["Negative prompt"] == "blurry,\nlowres"
+    assert fields["Prompt note"] == "a, b: c"  # a quoted value
+    image = tmp_path / "a1111.png"
+    info = PngInfo()
+    info.add_text("parameters", A1111_TEXT)
+    Image.new("RGB", (8, 8)).save(image, pnginfo=info)
+    settings = read_image_settings(image)
+    assert settings.source == "a1111"
+    assert settings.values == {
+        "prompt": fields["Prompt"], "negative_prompt": "blurry,\nlowres", "seed": 1234567890,
+        "steps": 30, "guidance": 7.0, "clip_skip": 2, "width": 512, "height": 768,
+        "scheduler": "dpm++2m-karras", "emphasis": "no-norm",
+    }  # fmt: skip
+    assert settings.model == {"name": "v1-5-pruned-emaonly", "hash": "6ce0161689"}
+    assert settings.addons == [
+        {"kind": "lora", "name": "foxStyle", "hash": "0123456789ab"},
+        {"kind": "lora", "name": "other", "hash": "ba9876543210"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("sampler", "schedule", "expected"),
+    [
+        ("Euler a", None, "euler-a"),
+        ("Euler", "Automatic", "euler"),
+        ("DPM++ 2M", "Karras", "dpm++2m-karras"),
+        ("DPM++ 2M Karras", None, "dpm++2m-karras"),  # A1111 before "Schedule type"
+        ("DPM++ 2M", None, "dpm++2m"),
+        ("DDIM", None, "ddim"),
+        ("PLMS", None, "pndm"),
+        ("UniPC", None, "unipc"),
+        ("euler_a", None, "euler-a"),  # stable-diffusion.cpp
+        ("dpm++2m karras", None, "dpm++2m-karras"),
+    ],
+)
+def test_a1111_samplers_map_to_schedulers(sampler, schedule, expected):
+    assert scheduler_for(sampler, schedule) == expected
+
+
+@pytest.mark.parametrize(("sampler", "schedule"), [("DPM++ SDE", None), ("Euler", "Exponential")])
+def test_an_unmappable_sampler_names_the_option(sampler, schedule):
+    with pytest.raises(UsageError) as caught:
+        scheduler_for(sampler, schedule)
+    assert "--scheduler" in caught.value.hint
+
+
+def test_jpeg_exif_user_comment_is_read(tmp_path):
+    image = Image.new("RGB", (8, 8))
+    exif = image.getexif()
+    exif.get_ifd(0x8769)[0x9286] = b"UNICODE\0" + A1111_TEXT.encode("utf-16-be")
+    path = tmp_path / "a1111.jpg"
+    image.save(path, exif=exif)
+    assert read_image_settings(path).values["seed"] == 1234567890
+
+
+# --- the hash cache -----------------------------------------------------------------------
+
+
+def test_a_file_is_hashed_once_until_it_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(os.urandom(3 << 20))
+    reads = []
+    real_open = open
+
+    def counting_open(path, *args, **kwargs):
+        if Path(path) == model:
+            reads.append(path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(hash_cache, "open", counting_open, raising=False)
+    import hashlib
+
+    expected = hashlib.sha256(model.read_bytes()).hexdigest()
+    assert hash_cache.model_hash(model) == expected[:10] and len(reads) == 1
+    assert hash_cache.model_hash(model) == expected[:10] and len(reads) == 1  # from the cache
+    other = tmp_path / "other.ckpt"
+    other.write_bytes(b"x")
+    hash_cache.file_sha256(other)
+    stat = model.stat()
+    os.utime(model, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # touched
+    assert hash_cache.model_hash(model) == expected[:10] and len(reads) == 2
+    cached = json.loads(hash_cache.cache_file().read_text())
+    assert set(cached) == {str(model.resolve()), str(other.resolve())}  # both entries kept
+
+
+# --- txt2img info -------------------------------------------------------------------------
+
+
+def run_ok(cli, *args) -> list[str]:
+    result = cli(*args)
+    assert result.exit_code == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+@pytest.fixture(scope="module")
+def addon_dir(models, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("redraw-addons")
+    write_diffusers_lora(models["sd1"], folder / "loras" / "style-a.safetensors", seed=1)
+    write_embedding(folder / "myword.safetensors", dim=32, vectors=2, seed=6)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def drawn(models, addon_dir, tmp_path_factory) -> Path:
+    """An SD 1.x image with a LoRA tag, an embedding, Clip skip, a scheduler, weights."""
+    from typer.testing import CliRunner
+
+    from txt2img.cli import app
+
+    out = tmp_path_factory.mktemp("drawn")
+    result = CliRunner().invoke(app, [
+        "a (red:1.2) fox, myword <lora:style-a:0.7>", "-m", str(models["sd1"]), "--seed", "9",
+        "--steps", "2", "--scheduler", "euler-a", "--clip-skip", "2", "-n", "blurry", "-q",
+        "--lora-dir", str(addon_dir / "loras"),
+        "--embedding", str(addon_dir / "myword.safetensors"), "-o", str(out),
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    return Path(result.stdout.strip())
+
+
+def test_info_json_gives_back_every_recorded_setting(cli, drawn):
+    [line] = run_ok(cli, "info", "--json", drawn)
+    info = json.loads(line)
+    record = json.loads(Image.open(drawn).text["txt2img"])
+    assert info["source"] == "txt2img" and info["record"] == record
+    assert info["settings"] == {key: record[key] for key in info["settings"]}
+    assert set(info["settings"]) >= {
+        "prompt",
+        "negative_prompt",
+        "seed",
+        "steps",
+        "guidance",
+        "width",
+        "height",
+        "scheduler",
+        "clip_skip",
+        "emphasis",
+    }
+    assert info["parameters"] == Image.open(drawn).text["parameters"]
+    assert [a["kind"] for a in info["addons"]] == ["lora", "embedding"]
+
+
+def test_info_reads_many_images_and_says_which_have_no_settings(cli, drawn, tmp_path):
+    bare = tmp_path / "bare.png"
+    Image.new("RGB", (8, 8)).save(bare)
+    result = cli("info", bare, drawn)
+    assert result.exit_code == ExitCode.USAGE
+    assert result.stdout.startswith(f"{drawn}\n  a (red:1.2) fox")
+    assert result.stderr.strip() == (
+        f"txt2img: error: {bare} records no generation settings (it has no txt2img or A1111 "
+        "'parameters' metadata (sites often strip it))"
+    )
+
+
+@pytest.mark.parametrize(
+    ("family", "extra"),
+    [("sd2-v", ("--scheduler", "dpm++2m-karras")), ("sdxl", ("-n", "blurry")), ("sd1", ())],
+)
+def test_every_family_redraws_from_its_record(cli, tmp_path, models, family, extra):
+    [first] = run_ok(cli, "a (red:1.1) fox", "-m", models[family], "--seed", 3, "-s", 2, "-q",
+                     "-o", tmp_path / "a", *extra)  # fmt: skip
+    [line] = run_ok(cli, "info", "--json", first)
+    record = json.loads(Image.open(first).text["txt2img"])
+    assert json.loads(line)["record"] == record
+    [again] = run_ok(cli, "--from", first, "-q", "-o", tmp_path / "b")
+    np.testing.assert_array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(first)))
+    assert json.loads(Image.open(again).text["txt2img"]) == record
+
+
+def test_from_draws_the_same_pixels_and_overrides_change_only_themselves(cli, drawn, tmp_path):
+    [again] = run_ok(cli, "--from", drawn, "-q", "-o", tmp_path / "again")
+    np.testing.assert_array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(drawn)))
+    first, second = (json.loads(Image.open(p).text["txt2img"]) for p in (drawn, again))
+    assert first == second
+    [seeded] = run_ok(cli, "--from", drawn, "--seed", "10", "-q", "-o", tmp_path / "seeded")
+    third = json.loads(Image.open(seeded).text["txt2img"])
+    assert {key for key in first if first[key] != third[key]} == {"seed"}
+    assert not np.array_equal(np.asarray(Image.open(seeded)), np.asarray(Image.open(drawn)))
+
+
+# --- an A1111 image, its model found by hash ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def checkpoint(models, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("models-dir")
+    return export_single_file(models["sd1"], folder / "sub" / "tiny-sd1.safetensors")
+
+
+def a1111_png(path: Path, text: str) -> Path:
+    info = PngInfo()
+    info.add_text("parameters", text)
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    return path
+
+
+def test_an_a1111_image_is_redrawn_with_its_model_found_by_hash(
+    cli, tmp_path, models, checkpoint, monkeypatch
+):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    digest = hash_cache.model_hash(checkpoint)
+    image = a1111_png(tmp_path / "a1111.png", (
+        "a red fox\nNegative prompt: blurry\nSteps: 2, Sampler: DPM++ 2M, Schedule type: "
+        f"Karras, CFG scale: 6, Seed: 5, Size: 64x64, Model hash: {digest}, Model: renamed"
+    ))  # fmt: skip
+    models_dir = checkpoint.parent.parent
+    [redrawn] = run_ok(cli, "--from", image, "--models-dir", models_dir, "--config", models["sd1"],
+                       "-q", "-o", tmp_path / "redrawn")  # fmt: skip
+    [direct] = run_ok(cli, "a red fox", "-n", "blurry", "--steps", 2, "--scheduler",
+                      "dpm++2m-karras", "-g", 6, "--seed", 5, "-W", 64, "-H", 64, "-m", checkpoint,
+                      "--config", models["sd1"], "-q", "-o", tmp_path / "direct")  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(Image.open(redrawn)), np.asarray(Image.open(direct)))
+    pipe = DiffusionPipeline.from_pretrained(
+        models["sd1"], local_files_only=True
+    )  # the same weights
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(
+        pipe.scheduler.config, algorithm_type="dpmsolver++", solver_order=2, use_karras_sigmas=True
+    )
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator("cpu").manual_seed(5)
+    reference = pipe("a red fox", negative_prompt="blurry", num_inference_steps=2, guidance_scale=6,
+                     width=64, height=64, generator=generator)  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(Image.open(redrawn)), np.asarray(reference.images[0]))
+    params = parse_infotext(Image.open(redrawn).text["parameters"])
+    assert params["Model hash"] == digest  # written for single files, as A1111 does
+
+
+def test_a_model_that_is_not_found_is_named(cli, tmp_path, checkpoint):
+    image = a1111_png(tmp_path / "a1111.png", (
+        "a red fox\nSteps: 2, Sampler: Euler, CFG scale: 6, Seed: 5, Size: 64x64, "
+        "Model hash: 0123456789, Model: dreamy-v3"
+    ))  # fmt: skip
+    result = cli("--from", image, "--models-dir", checkpoint.parent, "-o", tmp_path / "out")
+    assert result.exit_code == ExitCode.MODEL
+    assert "drawn with dreamy-v3 (Model hash 0123456789), which is not found" in result.stderr
+
+
+def test_a_prompt_named_like_a_subcommand_is_drawn_after_dashes(cli, tmp_path):
+    [path] = run_ok(
+        cli, "-m", "demo", "--seed", 1, "--steps", 1, "-q", "-o", tmp_path, "--", "info"
+    )
+    assert Path(path).name == "00000-1-info.png"
+    assert "txt2img info IMAGE" in cli("--help").stdout

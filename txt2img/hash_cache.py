@@ -1,0 +1,80 @@
+"""sha256 of model files, each hashed once: A1111's `Model hash` (its first 10 hex digits)
+names a checkpoint on Civitai and similar sites, and hashing a 7 GB file on every run is not
+acceptable.
+
+The cache is a JSON file in the user cache folder ($XDG_CACHE_HOME/txt2img, else
+~/.cache/txt2img), keyed by absolute path and valid while the file's size and modification
+time are unchanged. Two runs may write it at once: each holds an flock on a lock file while
+it reads, merges and replaces the cache (written to a temporary file, then renamed).
+
+Pure Python: no torch here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+BLOCK = 1 << 20
+
+
+def cache_file() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "txt2img" / "hashes.json"
+
+
+def file_sha256(path: Path) -> str:
+    """The file's full sha256 (hex), from the cache when the file is unchanged."""
+    path = path.resolve()
+    stat = path.stat()
+    key, stamp = str(path), [stat.st_size, stat.st_mtime_ns]
+    cached = _read().get(key)
+    if cached and cached.get("stamp") == stamp:
+        return cached["sha256"]
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(BLOCK), b""):
+            digest.update(block)
+    _store(key, {"stamp": stamp, "sha256": digest.hexdigest()})
+    return digest.hexdigest()
+
+
+def model_hash(path: Path) -> str:
+    """A1111's `Model hash` of a single-file checkpoint (Civitai's "AutoV2")."""
+    return file_sha256(path)[:10]
+
+
+def _read() -> dict:
+    try:
+        data = json.loads(cache_file().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _store(key: str, entry: dict) -> None:
+    """Merge one entry into the cache; a cache that cannot be written is no error (the
+    file is hashed again next time)."""
+    target = cache_file()
+    with contextlib.suppress(OSError), _locked(target.with_suffix(".lock")):
+        data = _read()
+        data[key] = entry
+        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(data, sort_keys=True), encoding="utf-8")
+        os.replace(temporary, target)
+
+
+@contextlib.contextmanager
+def _locked(lock: Path) -> Iterator[None]:
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,235 @@
+"""The settings an image records, read back: txt2img's own JSON chunk where there is one,
+else AUTOMATIC1111's `parameters` infotext (PNG text chunks; JPEG and WebP EXIF
+UserComment), as A1111, Forge, stable-diffusion.cpp and txt2img write it.
+
+`ImageSettings.values` holds per-image option values (`options.RECORDED_OPTIONS` keys and
+the prompt), so `--from IMAGE` can draw the image again; the model and add-ons the image
+names are kept apart, to be found on disk.
+
+Pure Python and Pillow: no torch here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+from .options import EMPHASIS, RECORDED_OPTIONS
+from .schedulers import SCHEDULERS
+
+USER_COMMENT = 0x9286  # EXIF UserComment, in the Exif IFD
+EXIF_IFD = 0x8769
+_PAIR = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+
+
+@dataclass
+class ImageSettings:
+    path: Path
+    source: str  # "txt2img" (its JSON chunk) or "a1111" (an infotext)
+    parameters: str  # the infotext as written ("" if the image has none)
+    fields: dict[str, str]  # the infotext's `key: value` pairs, as A1111's reader gives them
+    values: dict[str, Any]  # prompt and per-image option values
+    model: dict[str, Any] = field(default_factory=dict)  # location, name, hash
+    addons: list[dict[str, Any]] = field(default_factory=list)  # kind, name, hash, ...
+    record: dict[str, Any] | None = None  # txt2img's whole record
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path), "source": self.source, "settings": self.values,
+            "model": self.model, "addons": self.addons, "fields": self.fields,
+            "parameters": self.parameters, "record": self.record,
+        }  # fmt: skip
+
+
+def read_image_settings(path: Path) -> ImageSettings:
+    """The settings `path` was drawn with; a `UsageError` naming it if it has none."""
+    record, parameters = _image_text(path)
+    if record is not None:
+        return _from_record(path, record, parameters or "")
+    if parameters:
+        return _from_infotext(path, parameters)
+    raise UsageError(
+        f"{path} records no generation settings",
+        "it has no txt2img or A1111 'parameters' metadata (sites often strip it)",
+    )
+
+
+def _image_text(path: Path) -> tuple[dict | None, str | None]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            text = dict(getattr(image, "text", {}) or {})
+            comment = image.getexif().get_ifd(EXIF_IFD).get(USER_COMMENT)
+            info = image.info
+    except FileNotFoundError:
+        raise UsageError(f"{path} does not exist", "check the path") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise UsageError(f"{path} is not an image txt2img can read: {exc}") from None
+    parameters = text.get("parameters") or info.get("parameters") or _user_comment(comment)
+    record = None
+    if "txt2img" in text:
+        try:
+            record = json.loads(text["txt2img"])
+        except ValueError:
+            raise UsageError(f"{path}: its txt2img metadata is not JSON") from None
+    return record if isinstance(record, dict) else None, parameters
+
+
+def _user_comment(raw: Any) -> str | None:
+    """EXIF UserComment: an 8-byte character-code prefix, then the text. A1111 writes
+    "UNICODE\\0" and UTF-16; the byte order is told from the text."""
+    if isinstance(raw, str):
+        return raw or None
+    if not isinstance(raw, bytes) or len(raw) <= 8:
+        return None
+    prefix, body = raw[:8], raw[8:]
+    if prefix.startswith(b"UNICODE"):
+        decoded = [body.decode(codec, "replace") for codec in ("utf-16-be", "utf-16-le")]
+        return max(decoded, key=lambda text: sum(ch.isascii() for ch in text)).rstrip("\0")
+    return body.decode("utf-8" if prefix.startswith(b"ASCII") else "latin-1", "replace")
+
+
+# --- A1111's infotext -----------------------------------------------------------------------
+
+
+def parse_infotext(text: str) -> dict[str, str]:
+    """A1111's reader: the last line holds the `key: value` pairs if it has at least 3;
+    lines before "Negative prompt:" are the prompt, the lines after it the negative
+    prompt; values written as JSON strings are unquoted."""
+    *lines, last = text.strip().split("\n")
+    if len(_PAIR.findall(last)) < 3:
+        lines.append(last)
+        last = ""
+    prompt, negative, in_negative = [], [], False
+    for line in lines:
+        line = line.strip()
+        if line.startswith("Negative prompt:"):
+            in_negative, line = True, line[len("Negative prompt:") :].strip()
+        (negative if in_negative else prompt).append(line)
+    fields = {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative)}
+    for key, value in _PAIR.findall(last):
+        if len(value) > 1 and value[0] == value[-1] == '"':
+            with contextlib.suppress(ValueError):
+                value = json.loads(value)
+        fields[key] = value
+    return fields
+
+
+def _from_infotext(path: Path, parameters: str) -> ImageSettings:
+    fields = parse_infotext(parameters)
+    values: dict[str, Any] = {"prompt": fields["Prompt"],
+                              "negative_prompt": fields["Negative prompt"]}  # fmt: skip
+    for key, (name, kind) in _NUMBERS.items():
+        if name in fields:
+            values[key] = _number(fields, name, kind, path)
+    size = re.fullmatch(r"(\d+)x(\d+)", fields.get("Size", ""))
+    if size:
+        values["width"], values["height"] = int(size[1]), int(size[2])
+    if "Sampler" in fields:
+        values["scheduler"] = scheduler_for(fields["Sampler"], fields.get("Schedule type"), path)
+    emphasis = {name: key for key, name in EMPHASIS.items()}
+    if fields.get("Emphasis") in emphasis:
+        values["emphasis"] = emphasis[fields["Emphasis"]]
+    model = {"name": fields.get("Model"), "hash": fields.get("Model hash")}
+    addons = [
+        {"kind": kind, "name": name, "hash": digest}
+        for kind, key in (("lora", "Lora hashes"), ("embedding", "TI hashes"))
+        for name, digest in _hash_list(fields.get(key, ""))
+    ]
+    if fields.get("VAE"):
+        addons.insert(0, {"kind": "vae", "name": fields["VAE"], "hash": fields.get("VAE hash")})
+    return ImageSettings(path, "a1111", parameters, fields, values, model, addons)
+
+
+_NUMBERS = {"seed": ("Seed", int), "steps": ("Steps", int), "guidance": ("CFG scale", float),
+            "clip_skip": ("Clip skip", int)}  # fmt: skip
+
+
+def _number(fields: dict[str, str], name: str, kind: type, path: Path) -> Any:
+    try:
+        return kind(float(fields[name])) if kind is int else kind(fields[name])
+    except (ValueError, OverflowError):
+        raise UsageError(f"{path}: its {name} {fields[name]!r} is not a number") from None
+
+
+def _hash_list(text: str) -> list[tuple[str, str]]:
+    """A1111's "name: hash, name: hash"."""
+    pairs = []
+    for item in text.split(","):
+        name, sep, digest = item.rpartition(":")
+        if sep and name.strip():
+            pairs.append((name.strip(), digest.strip()))
+    return pairs
+
+
+# A1111's sampler names (and stable-diffusion.cpp's) -> txt2img's schedulers. A1111's
+# "Schedule type" must be the sampler's default, except Karras for DPM++ 2M.
+_A1111_SAMPLERS = {spec.a1111_sampler: name for name, spec in SCHEDULERS.items()
+                   if spec.a1111_schedule is None}  # fmt: skip
+_SDCPP_SAMPLERS = {"euler_a": "euler-a", "euler": "euler", "heun": "heun", "lcm": "lcm",
+                   "dpm++2m": "dpm++2m", "ddim_trailing": "ddim"}  # fmt: skip
+_DEFAULT_SCHEDULES = {None, "", "Automatic", "automatic", "discrete", "default"}
+
+
+def scheduler_for(sampler: str, schedule: str | None, path: Path | str = "the image") -> str:
+    """txt2img's scheduler for A1111's Sampler and Schedule type."""
+    name = sampler.strip()
+    if name.endswith(" Karras") and schedule is None:  # A1111 before 1.9: "DPM++ 2M Karras"
+        name, schedule = name.removesuffix(" Karras"), "Karras"
+    if " " in name and name.split(" ", 1)[0] in _SDCPP_SAMPLERS:  # sd.cpp: "euler_a karras"
+        name, schedule = name.split(" ", 1)
+    scheduler = _A1111_SAMPLERS.get(name) or _SDCPP_SAMPLERS.get(name)
+    if scheduler == "dpm++2m" and schedule in ("Karras", "karras"):
+        return "dpm++2m-karras"
+    if scheduler is None or schedule not in _DEFAULT_SCHEDULES:
+        what = f"{sampler!r}" + (f" with schedule {schedule!r}" if schedule else "")
+        raise UsageError(
+            f"{path} was drawn with the sampler {what}, which txt2img does not have",
+            f"choose one with --scheduler ({', '.join(SCHEDULERS)})",
+        )
+    return scheduler
+
+
+# --- txt2img's own record -------------------------------------------------------------------
+
+
+def _from_record(path: Path, record: dict[str, Any], parameters: str) -> ImageSettings:
+    keys = ("prompt", *(option.key for option in RECORDED_OPTIONS))
+    values = {key: record[key] for key in keys if key in record}
+    model = {"location": record.get("model"), "name": record.get("model_name"),
+             "hash": record.get("model_hash")}  # fmt: skip
+    fields = parse_infotext(parameters) if parameters else {}
+    addons = list(record.get("addons") or [])
+    return ImageSettings(path, "txt2img", parameters, fields, values, model, addons, record)
+
+
+def print_image_settings(paths: list[Path], json_lines: bool) -> int:
+    """Print each image's settings on stdout; report those without on stderr. Returns
+    how many could not be read."""
+    from .errors import fail
+    from .outputs import emit
+
+    failed = 0
+    for path in paths:
+        try:
+            settings = read_image_settings(path)
+        except UsageError as exc:
+            fail(exc.one_line())
+            failed += 1
+            continue
+        emit(
+            json.dumps(settings.as_json(), ensure_ascii=False) if json_lines else describe(settings)
+        )
+    return failed
+
+
+def describe(settings: ImageSettings) -> str:
+    """The human-readable form: the file, then its infotext, indented."""
+    text = settings.parameters or json.dumps(settings.values, ensure_ascii=False)
+    return f"{settings.path}\n" + "\n".join(f"  {line}" for line in text.splitlines())
