@@ -277,3 +277,52 @@ def test_a_prompt_named_like_a_subcommand_is_drawn_after_dashes(cli, tmp_path):
     )
     assert Path(path).name == "00000-1-info.png"
     assert "txt2img info IMAGE" in cli("--help").stdout
+
+
+def test_a_sampler_txt2img_lacks_is_shown_and_refused_unless_overridden(
+    cli, tmp_path, models, checkpoint
+):
+    image = a1111_png(tmp_path / "sde.png", (
+        "a red fox\nSteps: 2, Sampler: DPM++ SDE, Schedule type: Karras, CFG scale: 6, "
+        "Seed: 12345678901234567, Size: 64x64, Model: tiny-sd1"
+    ))  # fmt: skip
+    [line] = run_ok(cli, "info", "--json", image)
+    assert json.loads(line)["fields"]["Sampler"] == "DPM++ SDE"
+    assert json.loads(line)["settings"]["seed"] == 12345678901234567  # exactly, not via float
+    args = ("--from", image, "--models-dir", checkpoint.parent, "--config", models["sd1"], "-q")
+    refused = cli(*args, "-o", tmp_path / "a")
+    assert refused.exit_code == ExitCode.USAGE and "--scheduler" in refused.stderr
+    [path] = run_ok(cli, *args, "--scheduler", "euler", "-o", tmp_path / "b")  # found by name
+    assert json.loads(Image.open(path).text["txt2img"])["scheduler"] == "euler"
+
+
+@pytest.mark.parametrize(
+    "record",
+    [{"prompt": 5}, {"prompt": "a fox", "seed": "abc"}, {"prompt": "a fox", "seed": 1.5},
+     {"prompt": "a fox", "seed": True}, {"prompt": "a fox", "negative_prompt": None}],
+)  # fmt: skip
+def test_a_record_with_values_of_the_wrong_type_is_a_usage_error(cli, tmp_path, record):
+    info = PngInfo()
+    info.add_text("txt2img", json.dumps({**record, "model": "demo"}))
+    image = tmp_path / "odd.png"
+    Image.new("RGB", (8, 8)).save(image, pnginfo=info)
+    result = cli("--from", image, "-o", tmp_path / "out")
+    assert result.exit_code == ExitCode.USAGE, result.stderr
+    assert "is not a" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_model_variable_does_not_override_the_image(cli, tmp_path, drawn, monkeypatch):
+    monkeypatch.setenv("TXT2IMG_MODEL", "no/such-model")
+    [again] = run_ok(cli, "--from", drawn, "-q", "-o", tmp_path)
+    assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(drawn)))
+
+
+def test_a_corrupt_hash_cache_is_hashed_around(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    model = tmp_path / "m.safetensors"
+    model.write_bytes(b"weights")
+    hash_cache.cache_file().parent.mkdir(parents=True)
+    hash_cache.cache_file().write_text(json.dumps({str(model.resolve()): "x"}))
+    import hashlib
+
+    assert hash_cache.model_hash(model) == hashlib.sha256(b"weights").hexdigest()[:10]

@@ -52,6 +52,8 @@ class DrawCommand(OneLineErrors):
 
     def main(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
+        if argv[:1] == ["--"] and len(argv) > 1:  # txt2img -- info -m demo: "info" is the prompt
+            argv = [*argv[2:], "--", argv[1]]
         if argv[:1] == ["info"]:
             command = typer.main.get_command(info_app)
             return command.main(argv[1:], *rest, **{**kwargs, "prog_name": "txt2img info"})
@@ -142,9 +144,9 @@ def txt2img(ctx: typer.Context, prompt: str | None = None, **values: Any) -> Non
 
 
 def _given(ctx: typer.Context, key: str) -> bool:
-    """Whether the user set an option (on the command line or by its variable)."""
+    """Whether the user set an option on the command line."""
     source = ctx.get_parameter_source(key)
-    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+    return source is not None and source.name == "COMMANDLINE"
 
 
 _CONTEXT = inspect.Parameter(

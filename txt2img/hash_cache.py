@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,7 +35,12 @@ def file_sha256(path: Path) -> str:
     stat = path.stat()
     key, stamp = str(path), [stat.st_size, stat.st_mtime_ns]
     cached = _read().get(key)
-    if cached and cached.get("stamp") == stamp:
+    if (
+        isinstance(cached, dict)
+        and cached.get("stamp") == stamp
+        and isinstance(cached.get("sha256"), str)
+        and re.fullmatch(r"[0-9a-f]{64}", cached["sha256"])
+    ):
         return cached["sha256"]
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -52,7 +58,7 @@ def model_hash(path: Path) -> str:
 def _read() -> dict:
     try:
         data = json.loads(cache_file().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -65,8 +71,11 @@ def _store(key: str, entry: dict) -> None:
         data = _read()
         data[key] = entry
         temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(data, sort_keys=True), encoding="utf-8")
-        os.replace(temporary, target)
+        try:
+            temporary.write_text(json.dumps(data, sort_keys=True), encoding="utf-8")
+            os.replace(temporary, target)
+        finally:
+            temporary.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

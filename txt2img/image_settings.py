@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,9 @@ class ImageSettings:
     model: dict[str, Any] = field(default_factory=dict)  # location, name, hash
     addons: list[dict[str, Any]] = field(default_factory=list)  # kind, name, hash, ...
     record: dict[str, Any] | None = None  # txt2img's whole record
+    # Settings the image records that txt2img cannot use (an unknown sampler, a seed that
+    # is not a number): --from refuses them unless the command line gives its own value.
+    problems: dict[str, UsageError] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -60,24 +64,32 @@ def read_image_settings(path: Path) -> ImageSettings:
 
 
 def _image_text(path: Path) -> tuple[dict | None, str | None]:
-    from PIL import Image, UnidentifiedImageError
+    """The image's txt2img record and infotext, read from its header only: the pixels are
+    never decoded, so an image of any size, or a truncated one, can be read."""
+    from PIL import Image
 
+    if not path.is_file():
+        what = "does not exist" if not path.exists() else "is not a file"
+        raise UsageError(f"{path} {what}", "give an image file")
     try:
-        with Image.open(path) as image:
-            text = dict(getattr(image, "text", {}) or {})
-            comment = image.getexif().get_ifd(EXIF_IFD).get(USER_COMMENT)
-            info = image.info
-    except FileNotFoundError:
-        raise UsageError(f"{path} does not exist", "check the path") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's notes on odd EXIF or sizes
+            with Image.open(path) as image:
+                info = dict(image.info)
+                comment = image.getexif().get_ifd(EXIF_IFD).get(USER_COMMENT)
+    except Exception as exc:  # Pillow raises many kinds for files that are not images
         raise UsageError(f"{path} is not an image txt2img can read: {exc}") from None
-    parameters = text.get("parameters") or info.get("parameters") or _user_comment(comment)
+    parameters = info.get("parameters") or _user_comment(comment)
+    if not isinstance(parameters, str):
+        parameters = None
     record = None
-    if "txt2img" in text:
+    if isinstance(info.get("txt2img"), str):
         try:
-            record = json.loads(text["txt2img"])
-        except ValueError:
-            raise UsageError(f"{path}: its txt2img metadata is not JSON") from None
+            record = json.loads(info["txt2img"])
+        except (ValueError, RecursionError):
+            record = None
+        if not isinstance(record, dict) and not parameters:
+            raise UsageError(f"{path}: its txt2img metadata is not a JSON object")
     return record if isinstance(record, dict) else None, parameters
 
 
@@ -125,14 +137,17 @@ def _from_infotext(path: Path, parameters: str) -> ImageSettings:
     fields = parse_infotext(parameters)
     values: dict[str, Any] = {"prompt": fields["Prompt"],
                               "negative_prompt": fields["Negative prompt"]}  # fmt: skip
+    problems: dict[str, UsageError] = {}
     for key, (name, kind) in _NUMBERS.items():
         if name in fields:
-            values[key] = _number(fields, name, kind, path)
-    size = re.fullmatch(r"(\d+)x(\d+)", fields.get("Size", ""))
-    if size:
-        values["width"], values["height"] = int(size[1]), int(size[2])
+            _take(values, problems, key, lambda n=name, k=kind: _number(fields, n, k, path))
+    if "Size" in fields:
+        for key, index in (("width", 1), ("height", 2)):
+            _take(values, problems, key, lambda i=index: _size(fields["Size"], i, path))
     if "Sampler" in fields:
-        values["scheduler"] = scheduler_for(fields["Sampler"], fields.get("Schedule type"), path)
+        schedule = fields.get("Schedule type")
+        _take(values, problems, "scheduler",
+              lambda: scheduler_for(fields["Sampler"], schedule, path))  # fmt: skip
     emphasis = {name: key for key, name in EMPHASIS.items()}
     if fields.get("Emphasis") in emphasis:
         values["emphasis"] = emphasis[fields["Emphasis"]]
@@ -144,7 +159,22 @@ def _from_infotext(path: Path, parameters: str) -> ImageSettings:
     ]
     if fields.get("VAE"):
         addons.insert(0, {"kind": "vae", "name": fields["VAE"], "hash": fields.get("VAE hash")})
-    return ImageSettings(path, "a1111", parameters, fields, values, model, addons)
+    return ImageSettings(path, "a1111", parameters, fields, values, model, addons,
+                         problems=problems)  # fmt: skip
+
+
+def _take(values: dict, problems: dict, key: str, read: Any) -> None:
+    try:
+        values[key] = read()
+    except UsageError as exc:
+        problems[key] = exc
+
+
+def _size(text: str, index: int, path: Path) -> int:
+    size = re.fullmatch(r"\s*(\d+)x(\d+)\s*", text)
+    if size is None:
+        raise UsageError(f"{path}: its Size {text!r} is not WIDTHxHEIGHT")
+    return int(size[index])
 
 
 _NUMBERS = {"seed": ("Seed", int), "steps": ("Steps", int), "guidance": ("CFG scale", float),
@@ -152,8 +182,19 @@ _NUMBERS = {"seed": ("Seed", int), "steps": ("Steps", int), "guidance": ("CFG sc
 
 
 def _number(fields: dict[str, str], name: str, kind: type, path: Path) -> Any:
+    """An integer exactly (A1111 seeds reach 2**32; sd.cpp writes `7.000000`), or a
+    float."""
+    text = fields[name].strip()
     try:
-        return kind(float(fields[name])) if kind is int else kind(fields[name])
+        if kind is float:
+            return float(text)
+        try:
+            return int(text)
+        except ValueError:
+            number = float(text)
+            if not number.is_integer():
+                raise ValueError(text) from None
+            return int(number)
     except (ValueError, OverflowError):
         raise UsageError(f"{path}: its {name} {fields[name]!r} is not a number") from None
 
@@ -200,13 +241,34 @@ def scheduler_for(sampler: str, schedule: str | None, path: Path | str = "the im
 
 
 def _from_record(path: Path, record: dict[str, Any], parameters: str) -> ImageSettings:
-    keys = ("prompt", *(option.key for option in RECORDED_OPTIONS))
-    values = {key: record[key] for key in keys if key in record}
-    model = {"location": record.get("model"), "name": record.get("model_name"),
-             "hash": record.get("model_hash")}  # fmt: skip
+    values, problems = {}, {}
+    for key, kind in (("prompt", str), *((o.key, o.kind) for o in RECORDED_OPTIONS)):
+        if key in record:
+            _take(values, problems, key, lambda k=key, t=kind: _typed(record, k, t, path))
+    model = {key: record.get(name) if isinstance(record.get(name), str) else None
+             for key, name in (("location", "model"), ("name", "model_name"),
+                               ("hash", "model_hash"))}  # fmt: skip
     fields = parse_infotext(parameters) if parameters else {}
-    addons = list(record.get("addons") or [])
-    return ImageSettings(path, "txt2img", parameters, fields, values, model, addons, record)
+    addons = record.get("addons")
+    addons = [
+        addon for addon in (addons if isinstance(addons, list) else [])
+        if isinstance(addon, dict) and isinstance(addon.get("kind"), str)
+        and isinstance(addon.get("name"), str)
+    ]  # fmt: skip
+    return ImageSettings(path, "txt2img", parameters, fields, values, model, addons, record,
+                         problems)  # fmt: skip
+
+
+def _typed(record: dict[str, Any], key: str, kind: type, path: Path) -> Any:
+    """A record's value of the option's type (None where the option takes the model's
+    default); anything else is a problem of the image."""
+    value = record[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    nullable = key in ("scheduler", "steps", "guidance", "width", "height")
+    if (value is None and nullable) or (type(value) is kind and kind is not Path):
+        return value
+    raise UsageError(f"{path}: its recorded {key} {value!r} is not a {kind.__name__}")
 
 
 def print_image_settings(paths: list[Path], json_lines: bool) -> int:

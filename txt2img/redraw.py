@@ -1,20 +1,24 @@
 """`--from IMAGE`: the command line's values filled in from what an image records, and the
 model and add-ons it names found on disk (`--models-dir`, `--lora-dir`).
 
-Every option given on the command line (or by its environment variable) overrides the
-image's value. Pure Python: no torch here.
+Every option given on the command line overrides the image's value (an environment
+variable such as TXT2IMG_MODEL does not: it is a default, and the image says more).
+Pure Python: no torch here.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any
 
 from .addon_folders import SUFFIXES, folder_index
-from .errors import ModelError
+from .errors import ModelError, UsageError
 from .hash_cache import model_hash
 from .image_settings import ImageSettings, read_image_settings
 from .model_source import HUB_ID
+from .options import BY_KEY
 from .prompt_syntax import take_lora_tags
 
 
@@ -25,15 +29,30 @@ def values_from_image(
     the user set, which keep their values."""
     image = read_image_settings(path)
     values = dict(values)
+    for key, problem in image.problems.items():
+        if key not in given and not (key == "prompt" and prompt is not None):
+            raise UsageError(problem.message, f"give {BY_KEY[key].flag} to draw anyway"
+                             if key in BY_KEY else "give the prompt")  # fmt: skip
     for key, value in image.values.items():
         if key in values and key not in given:
+            _check_recorded(image, key, value)
             values[key] = value
     if prompt is None and values["prompts_file"] is None:
         prompt = image.values.get("prompt")
     if "model" not in given:
         values["model"] = find_model(image, models_dirs(values))
-    _addons_from_image(image, prompt or "", values, given)
+    _addons_from_image(image, values, given)
     return prompt, values
+
+
+def _check_recorded(image: ImageSettings, key: str, value: Any) -> None:
+    try:
+        BY_KEY[key].validate(value)
+    except UsageError as exc:
+        raise UsageError(
+            f"{image.path} records a setting txt2img cannot use: {exc.message}",
+            f"give {BY_KEY[key].flag} to draw anyway",
+        ) from None
 
 
 def models_dirs(values: dict[str, Any]) -> tuple[Path, ...]:
@@ -42,32 +61,32 @@ def models_dirs(values: dict[str, Any]) -> tuple[Path, ...]:
     return folders(values, "models_dir")
 
 
-def _addons_from_image(
-    image: ImageSettings, prompt: str, values: dict[str, Any], given: set[str]
-) -> None:
-    """txt2img's records name each add-on's file: a VAE, --lora and --embedding files are
-    given again, and the folders of the LoRAs the prompt's tags name are searched. An
-    A1111 image names them only; its tags are looked up in --lora-dir."""
-    tagged = {tag.name for tag in take_lora_tags(prompt)[1]}
+def _addons_from_image(image: ImageSettings, values: dict[str, Any], given: set[str]) -> None:
+    """txt2img's records name each add-on's file: its VAE, --lora and --embedding files
+    are given again, and the folders of the LoRAs its prompt's tags named are searched
+    where the user names no --lora-dir (TXT2IMG_LORA_DIR included). An A1111 image names
+    add-ons only; its tags are looked up in --lora-dir."""
+    tagged = {tag.name for tag in take_lora_tags(str(image.values.get("prompt", "")))[1]}
     loras, lora_dirs, embeddings = [], [], []
     for addon in image.addons:
         location = addon.get("location")
-        if not location:
+        if not isinstance(location, str) or not location:
             continue
         if addon["kind"] == "vae" and "vae" not in given:
             values["vae"] = location
         elif addon["kind"] == "lora" and addon["name"] in tagged:
             lora_dirs.append(str(Path(location).parent))
         elif addon["kind"] == "lora":
-            loras.append(f"{location}:{addon['scale']}")
-        elif addon["kind"] == "embedding":
+            loras.append(f"{location}:{addon.get('scale', 1.0)}")
+        elif addon["kind"] == "embedding" and isinstance(addon.get("token"), str):
             embeddings.append(f"{location}:{addon['token']}")
     if "lora" not in given and loras:
         values["lora"] = loras
     if "embedding" not in given and "embeddings_dir" not in given and embeddings:
         values["embedding"] = embeddings
-    if lora_dirs:
-        values["lora_dir"] = [*(values["lora_dir"] or ()), *dict.fromkeys(lora_dirs)]
+    lora_dirs = [folder for folder in dict.fromkeys(lora_dirs) if Path(folder).is_dir()]
+    if lora_dirs and not values["lora_dir"] and not os.environ.get("TXT2IMG_LORA_DIR"):
+        values["lora_dir"] = lora_dirs
 
 
 def find_model(image: ImageSettings, dirs: tuple[Path, ...]) -> str:
@@ -78,17 +97,35 @@ def find_model(image: ImageSettings, dirs: tuple[Path, ...]) -> str:
     if location and (Path(location).exists() or HUB_ID.fullmatch(location)):
         return location
     candidates = folder_index(dirs, "--models-dir") if dirs else {}
-    named = candidates.get(Path(name).stem) if name else None
-    if digest:
+    named = _by_name(candidates, name)
+    if digest and re.fullmatch(r"[0-9a-fA-F]{10}", digest):
         for path in ([named] if named else []) + sorted(candidates.values()):
-            if path.suffix.lower() in SUFFIXES and model_hash(path) == digest.lower():
+            if _hash_or_none(path) == digest.lower():
                 return str(path)
     if named is not None:
         return str(named)
     what = f"{name or 'an unnamed model'}" + (f" (Model hash {digest})" if digest else "")
     where = f" in --models-dir {', '.join(map(str, dirs))}" if dirs else ""
+    find = "sites like Civitai find a model by that hash; " if digest else ""
     raise ModelError(
         f"{image.path} was drawn with {what}, which is not found{where}",
-        "download it (sites like Civitai find a model by that hash) and pass -m PATH, "
-        "or --models-dir with the folder that holds it",
+        f"{find}pass -m PATH, or --models-dir with the folder that holds it",
     )
+
+
+def _by_name(candidates: dict[str, Path], name: str | None) -> Path | None:
+    """A1111's `Model:` is the file's stem (`sd_xl_base_1.0`); a name with an extension
+    is looked up by its stem."""
+    if not name:
+        return None
+    if name in candidates:
+        return candidates[name]
+    path = Path(name)
+    return candidates.get(path.stem) if path.suffix.lower() in SUFFIXES else None
+
+
+def _hash_or_none(path: Path) -> str | None:
+    try:
+        return model_hash(path)
+    except OSError:  # a dangling link or an unreadable file in the folder
+        return None
