@@ -326,3 +326,26 @@ def test_a_corrupt_hash_cache_is_hashed_around(tmp_path, monkeypatch):
     import hashlib
 
     assert hash_cache.model_hash(model) == hashlib.sha256(b"weights").hexdigest()[:10]
+
+
+def test_an_a1111_lora_tag_is_found_by_its_hash_when_the_file_is_renamed(
+    cli, tmp_path, models, checkpoint, addon_dir
+):
+    from txt2img.hash_cache import lora_hash
+
+    digest = lora_hash(addon_dir / "loras" / "style-a.safetensors")
+    image = a1111_png(tmp_path / "civitai.png", (
+        "a red fox <lora:foxStyle:0.5>\nSteps: 2, Sampler: Euler, CFG scale: 6, Seed: 5, "
+        f'Size: 64x64, Model: tiny-sd1, Lora hashes: "foxStyle: {digest}"'
+    ))  # fmt: skip
+    common = ("--models-dir", checkpoint.parent, "--config", models["sd1"], "-q",
+              "--lora-dir", addon_dir / "loras")  # fmt: skip
+    [redrawn] = run_ok(cli, "--from", image, *common, "-o", tmp_path / "a")
+    [direct] = run_ok(cli, "--from", image, *common, "-o", tmp_path / "b",
+                      "a red fox <lora:style-a:0.5>")  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(Image.open(redrawn)), np.asarray(Image.open(direct)))
+    missing = cli("--from", image, *common[:-2], "--lora-dir", tmp_path, "-o", tmp_path / "c")
+    assert missing.exit_code == ExitCode.MODEL
+    assert f"<lora:foxStyle> names no LoRA in --lora-dir {tmp_path} (nor one with its hash" in (
+        missing.stderr
+    )

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .errors import ModelError, UsageError
+from .hash_cache import lora_hash
 
 # Safetensors first: where a folder has NAME.safetensors and NAME.pt, the prompt's NAME
 # is the safetensors file. The pickles are refused later without --allow-pickle.
@@ -50,9 +51,12 @@ def _addon_files(folder: Path) -> Iterator[Path]:
                 yield Path(root) / name
 
 
-def find_lora(index: dict[str, Path], name: str, folders: tuple[Path, ...]) -> Path:
+def find_lora(
+    index: dict[str, Path], name: str, folders: tuple[Path, ...], digest: str | None = None
+) -> Path:
     """The file a `<lora:NAME:...>` tag names: NAME exactly, else NAME in any case if
-    only one file matches so."""
+    only one file matches so, else (for --from) the file with the image's recorded
+    `Lora hashes` entry for NAME, `digest`."""
     if not folders:
         raise UsageError(
             f"the prompt names <lora:{name}>, but no --lora-dir was given",
@@ -69,11 +73,25 @@ def find_lora(index: dict[str, Path], name: str, folders: tuple[Path, ...]) -> P
             + ", ".join(map(str, (index[key] for key in folded))),
             "write the name as its file is spelled",
         )
+    by_hash = _with_hash(index, digest) if digest else None
+    if by_hash is not None:
+        return by_hash
     where = ", ".join(map(str, folders))
     raise ModelError(
-        f"<lora:{name}> names no LoRA in --lora-dir {where}",
+        f"<lora:{name}> names no LoRA in --lora-dir {where}"
+        + (f" (nor one with its hash {digest})" if digest else ""),
         f"NAME is the file's stem; the folders hold {len(index)} add-on files",
     )
+
+
+def _with_hash(index: dict[str, Path], digest: str) -> Path | None:
+    for path in sorted(index.values()):
+        try:
+            if lora_hash(path) == digest.lower():
+                return path
+        except OSError:  # a dangling link or an unreadable file
+            continue
+    return None
 
 
 def embeddings_named(index: dict[str, Path], texts: Iterable[str]) -> dict[str, Path]:

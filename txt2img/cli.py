@@ -133,11 +133,14 @@ def txt2img(ctx: typer.Context, prompt: str | None = None, **values: Any) -> Non
     with handle_errors():
         values = {key: value.value if isinstance(value, Enum) else value
                   for key, value in values.items()}  # fmt: skip
+        lora_hashes: dict[str, str] = {}
         if values["from_image"] is not None:
             given = {key for key in values if _given(ctx, key)}
-            prompt, values = values_from_image(values["from_image"], prompt, values, given)
+            prompt, values, lora_hashes = values_from_image(
+                values["from_image"], prompt, values, given
+            )
         prompts = read_prompts(prompt, values["prompts_file"])
-        settings = build_settings(prompts, values)
+        settings = build_settings(prompts, values, lora_hashes)
         from .runner import run
 
         run(settings)

@@ -29,11 +29,13 @@ def cache_file() -> Path:
     return Path(base) / "txt2img" / "hashes.json"
 
 
-def file_sha256(path: Path) -> str:
-    """The file's full sha256 (hex), from the cache when the file is unchanged."""
+def file_sha256(path: Path, after_header: bool = False) -> str:
+    """The file's sha256 (hex), from the cache when the file is unchanged; with
+    `after_header`, of what follows a safetensors file's header (A1111's LoRA hash)."""
     path = path.resolve()
     stat = path.stat()
-    key, stamp = str(path), [stat.st_size, stat.st_mtime_ns]
+    key = str(path) + ("#tensors" if after_header else "")
+    stamp = [stat.st_size, stat.st_mtime_ns]
     cached = _read().get(key)
     if (
         isinstance(cached, dict)
@@ -44,6 +46,8 @@ def file_sha256(path: Path) -> str:
         return cached["sha256"]
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
+        if after_header:
+            handle.seek(8 + int.from_bytes(handle.read(8), "little"))
         for block in iter(lambda: handle.read(BLOCK), b""):
             digest.update(block)
     _store(key, {"stamp": stamp, "sha256": digest.hexdigest()})
@@ -53,6 +57,12 @@ def file_sha256(path: Path) -> str:
 def model_hash(path: Path) -> str:
     """A1111's `Model hash` of a single-file checkpoint (Civitai's "AutoV2")."""
     return file_sha256(path)[:10]
+
+
+def lora_hash(path: Path) -> str:
+    """A1111's `Lora hashes` entry: the tensor data of a safetensors file ("AutoV3"), else
+    the whole file, 12 hex digits."""
+    return file_sha256(path, after_header=path.suffix.lower() == ".safetensors")[:12]
 
 
 def _read() -> dict:

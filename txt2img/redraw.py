@@ -24,9 +24,9 @@ from .prompt_syntax import take_lora_tags
 
 def values_from_image(
     path: Path, prompt: str | None, values: dict[str, Any], given: set[str]
-) -> tuple[str | None, dict[str, Any]]:
-    """The prompt and option values to draw `path` again with; `given` names the options
-    the user set, which keep their values."""
+) -> tuple[str | None, dict[str, Any], dict[str, str]]:
+    """The prompt and option values to draw `path` again with (`given` names the options
+    the user set, which keep their values), and the LoRA hashes it records by name."""
     image = read_image_settings(path)
     values = dict(values)
     for key, problem in image.problems.items():
@@ -42,7 +42,9 @@ def values_from_image(
     if "model" not in given:
         values["model"] = find_model(image, models_dirs(values))
     _addons_from_image(image, values, given)
-    return prompt, values
+    hashes = {a["name"]: a["hash"] for a in image.addons
+              if a["kind"] == "lora" and isinstance(a.get("hash"), str)}  # fmt: skip
+    return prompt, values, hashes
 
 
 def _check_recorded(image: ImageSettings, key: str, value: Any) -> None:

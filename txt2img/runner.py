@@ -84,7 +84,8 @@ def prompt_addons(settings: Settings) -> tuple[dict[str, Path], dict[str, Path]]
             if loras is None:
                 loras = folder_index(settings.lora_dirs, "--lora-dir")
             try:
-                named.setdefault(tag.name, find_lora(loras, tag.name, settings.lora_dirs))
+                digest = settings.lora_hashes.get(tag.name)
+                named.setdefault(tag.name, find_lora(loras, tag.name, settings.lora_dirs, digest))
             except Txt2ImgError as exc:
                 where = f"prompt on line {line.line}: " if line.line else ""
                 raise type(exc)(f"{where}{exc.message}", exc.hint) from None

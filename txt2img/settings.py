@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -85,6 +85,8 @@ class Settings:
     lora_dirs: tuple[Path, ...]  # where <lora:NAME:W> tags are looked up
     embedding_dirs: tuple[Path, ...]  # embeddings used by name in the prompts
     save_steps: int | None  # also write a strip of every N-th step's clean estimate
+    # --from: the LoRA hashes an image records, by tag name, to find renamed files by
+    lora_hashes: dict[str, str] = field(default_factory=dict)
 
 
 def random_seed() -> int:
@@ -92,9 +94,14 @@ def random_seed() -> int:
     return secrets.randbelow(2**32)
 
 
-def build_settings(prompts: tuple[PromptLine, ...], values: dict[str, Any]) -> Settings:
+def build_settings(
+    prompts: tuple[PromptLine, ...],
+    values: dict[str, Any],
+    lora_hashes: dict[str, str] | None = None,
+) -> Settings:
     """Settings from the command line's `values` (one per `options.OPTIONS` key), checked;
-    raise a `UsageError` or `OutputError` naming the first bad one."""
+    raise a `UsageError` or `OutputError` naming the first bad one. `lora_hashes`: see
+    `Settings`."""
     for key, value in values.items():
         BY_KEY[key].validate(value)
     image = {option.key: values[option.key] for option in IMAGE_OPTIONS}
@@ -145,6 +152,7 @@ def build_settings(prompts: tuple[PromptLine, ...], values: dict[str, Any]) -> S
         save_steps=values["save_steps"],
         lora_dirs=folders(values, "lora_dir"),
         embedding_dirs=folders(values, "embeddings_dir"),
+        lora_hashes=dict(lora_hashes or {}),
     )
     _check_output_dir(settings.output_dir)
     return settings
