@@ -184,7 +184,7 @@ def test_info_reads_many_images_and_says_which_have_no_settings(cli, drawn, tmp_
     assert result.stdout.startswith(f"{drawn}\n  a (red:1.2) fox")
     assert result.stderr.strip() == (
         f"txt2img: error: {bare} records no generation settings (it has no txt2img or A1111 "
-        "'parameters' metadata (sites often strip it))"
+        "'parameters' metadata; image sites often strip it)"
     )
 
 

@@ -59,7 +59,7 @@ def read_image_settings(path: Path) -> ImageSettings:
         return _from_infotext(path, parameters)
     raise UsageError(
         f"{path} records no generation settings",
-        "it has no txt2img or A1111 'parameters' metadata (sites often strip it)",
+        "it has no txt2img or A1111 'parameters' metadata; image sites often strip it",
     )
 
 
@@ -214,7 +214,7 @@ def _hash_list(text: str) -> list[tuple[str, str]]:
 _A1111_SAMPLERS = {spec.a1111_sampler: name for name, spec in SCHEDULERS.items()
                    if spec.a1111_schedule is None}  # fmt: skip
 _SDCPP_SAMPLERS = {"euler_a": "euler-a", "euler": "euler", "heun": "heun", "lcm": "lcm",
-                   "dpm++2m": "dpm++2m", "ddim_trailing": "ddim"}  # fmt: skip
+                   "dpm++2m": "dpm++2m"}  # fmt: skip
 _DEFAULT_SCHEDULES = {None, "", "Automatic", "automatic", "discrete", "default"}
 
 
