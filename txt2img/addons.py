@@ -7,7 +7,6 @@ so diffusers never decides how to unpickle anything.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from diffusers import AutoencoderKL, StableDiffusionXLPipeline
 
 from .checkpoints import WeightsFormat, check_weights_file, load_pickle, named_for_its_format
 from .errors import ModelError, UnsafeCheckpointError, is_out_of_memory
+from .hash_cache import file_sha256
 from .model_source import ADDON_FILES, EmbeddingRef, ModelSource, SourceKind, pickled_files
 
 
@@ -42,25 +42,15 @@ def read_weights(source: ModelSource) -> dict[str, torch.Tensor]:
     return load_pickle(Path(source.location))
 
 
-def short_hash(path: str, length: int, skip_safetensors_header: bool = False) -> str:
-    """sha256 of the file, as A1111 and Civitai show it. For LoRAs they hash only the
-    tensor data after the safetensors header ("AutoV3"), so metadata edits keep it."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        if skip_safetensors_header:
-            header_length = int.from_bytes(handle.read(8), "little")
-            handle.seek(8 + header_length)
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:length]
-
-
 def _name_and_hash(
     source: ModelSource, length: int, autov3: bool = False
 ) -> tuple[str, str | None]:
+    """The file's sha256, as A1111 and Civitai show it (`hash_cache`, hashed once). For
+    LoRAs they hash only the tensor data after the safetensors header ("AutoV3"), so
+    metadata edits keep it."""
     if source.kind is SourceKind.file and not source.in_folder:
         skip = autov3 and source.weights_format is WeightsFormat.safetensors
-        return source.name, short_hash(source.location, length, skip)
+        return source.name, file_sha256(Path(source.location), after_header=skip)[:length]
     return source.name, None
 
 

@@ -21,6 +21,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from .errors import Txt2ImgError
+
 BLOCK = 1 << 20
 
 
@@ -61,8 +63,14 @@ def model_hash(path: Path) -> str:
 
 def lora_hash(path: Path) -> str:
     """A1111's `Lora hashes` entry: the tensor data of a safetensors file ("AutoV3"), else
-    the whole file, 12 hex digits."""
-    return file_sha256(path, after_header=path.suffix.lower() == ".safetensors")[:12]
+    the whole file, 12 hex digits. The format is told from the bytes, as for loading."""
+    from .checkpoints import WeightsFormat, sniff
+
+    try:
+        safetensors = sniff(path) is WeightsFormat.safetensors
+    except Txt2ImgError:  # neither format: hashed whole, and refused if it is loaded
+        safetensors = False
+    return file_sha256(path, after_header=safetensors)[:12]
 
 
 def _read() -> dict:
