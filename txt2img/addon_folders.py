@@ -8,12 +8,12 @@ Pure Python: the folders are searched, and every name checked, before a model lo
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .errors import ModelError, UsageError
 from .hash_cache import lora_hash
+from .prompt_syntax import words_pattern
 
 # Safetensors first: where a folder has NAME.safetensors and NAME.pt, the prompt's NAME
 # is the safetensors file. The pickles are refused later without --allow-pickle.
@@ -97,16 +97,12 @@ def _with_hash(index: dict[str, Path], digest: str) -> Path | None:
 def embeddings_named(index: dict[str, Path], texts: Iterable[str]) -> dict[str, Path]:
     """The embeddings whose name appears in any of `texts` as a word, in any case (A1111
     matches the name's tokens, and CLIP reads lower case)."""
-    if not index:
-        return {}
-    by_folded = {}
-    for name in sorted(index, key=len, reverse=True):  # the longest name first
+    by_folded: dict[str, str] = {}
+    for name in sorted(index, key=len, reverse=True):
         by_folded.setdefault(name.lower(), name)
-    pattern = re.compile(
-        r"(?<!\w)(" + "|".join(map(re.escape, by_folded)) + r")(?!\w)", re.IGNORECASE
-    )
+    pattern = words_pattern(by_folded)
     used: dict[str, Path] = {}
-    for text in texts:
+    for text in texts if pattern else ():
         for match in pattern.finditer(text):
             name = by_folded[match.group(1).lower()]
             used[name] = index[name]

@@ -15,7 +15,7 @@ import torch
 from diffusers import AutoencoderKL, StableDiffusionXLPipeline
 
 from .checkpoints import WeightsFormat, check_weights_file, load_pickle, named_for_its_format
-from .errors import ModelError, UnsafeCheckpointError, is_out_of_memory
+from .errors import ModelError, UnsafeCheckpointError, first_line, is_out_of_memory
 from .hash_cache import file_sha256
 from .model_source import ADDON_FILES, EmbeddingRef, ModelSource, SourceKind, pickled_files
 
@@ -165,9 +165,8 @@ def _load_lora(pipe: Any, source: ModelSource, adapter: str, offline: bool) -> N
     except (ValueError, KeyError, RuntimeError) as exc:
         if is_out_of_memory(exc):
             raise
-        message = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise ModelError(
-            f"cannot apply the LoRA {source.location}: {message}",
+            f"cannot apply the LoRA {source.location}: {first_line(exc)}",
             "check that it is a LoRA made for this model family",
         ) from exc
 

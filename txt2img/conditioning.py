@@ -17,7 +17,6 @@ A prompt of at most one chunk with no syntax gives exactly the tensors diffusers
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -26,7 +25,7 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 
 from .errors import UsageError
-from .prompt_syntax import Chunk, chunk_tokens, parse_attention, take_lora_tags
+from .prompt_syntax import Chunk, chunk_tokens, parse_attention, take_lora_tags, words_pattern
 
 
 @dataclass(frozen=True)
@@ -70,14 +69,14 @@ class PromptEncoder:
         ) and isinstance(pipe, StableDiffusionXLPipeline)
         self._chunks = lru_cache(maxsize=4096)(self._chunks_uncached)
         self._units = [_Units(encoder.tokenizer, embeddings) for encoder in self.encoders]
+        self._commas = [encoder.tokenizer.get_vocab().get(",</w>") for encoder in self.encoders]
 
     # --- tokens -----------------------------------------------------------------------
 
     def _chunks_uncached(self, k: int, text: str, emphasis: str) -> list[Chunk]:
-        encoder = self.encoders[k]
         fragments = [(text, 1.0)] if emphasis == "none" else parse_attention(text)
-        comma = encoder.tokenizer.get_vocab().get(",</w>")
-        return chunk_tokens(fragments, self._units[k], encoder.chunk_length, comma)
+        length = self.encoders[k].chunk_length
+        return chunk_tokens(fragments, self._units[k], length, self._commas[k])
 
     def chunks(self, job: Any) -> list[list[list[Chunk]]]:
         """[encoder][positive, negative] chunks of a job."""
@@ -90,6 +89,11 @@ class PromptEncoder:
     def chunk_count(self, job: Any) -> int:
         """The chunks a job's call needs: its longest prompt, on any encoder."""
         return max(len(side) for sides in self.chunks(job) for side in sides)
+
+    def batch_key(self, job: Any) -> tuple:
+        """`job.batch_key`, and its chunk count: prompts of different chunk counts are
+        never drawn in one pipeline call."""
+        return job.batch_key, self.chunk_count(job)
 
     def pads(self, job: Any) -> bool:
         """Whether the positive and negative prompt were padded to the same number of
@@ -257,12 +261,7 @@ class _Units:
                 ids.append(added[f"{private}_{len(ids)}"])
             self.vectors.setdefault(name.lower(), ids)
             self.names[ids[0]] = name
-        names = sorted(self.vectors, key=len, reverse=True)  # the longest name first
-        self.pattern = (
-            re.compile(r"(?<!\w)(" + "|".join(map(re.escape, names)) + r")(?!\w)", re.I)
-            if names
-            else None
-        )
+        self.pattern = words_pattern(self.vectors)
 
     def __call__(self, text: str) -> list[list[int]]:
         units, start = [], 0

@@ -7,6 +7,7 @@ Set TXT2IMG_DEBUG=1 to see the full traceback instead.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import threading
@@ -93,6 +94,13 @@ def _raise_terminated(signum: int, frame: object) -> None:
 
 def debug_enabled() -> bool:
     return os.environ.get("TXT2IMG_DEBUG", "") not in ("", "0")
+
+
+def first_line(exc: BaseException) -> str:
+    """The gist of a library's message: its first line, without terminal codes, short."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    line = (text.splitlines() or [type(exc).__name__])[0]
+    return line if len(line) <= 200 else line[:200] + "..."
 
 
 def fail(message: str) -> None:

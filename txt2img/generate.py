@@ -23,12 +23,13 @@ from .errors import (
     Txt2ImgError,
     UsageError,
     debug_enabled,
+    first_line,
     is_out_of_memory,
 )
-from .jobs import ImageJob, batches
+from .jobs import ImageJob, at_line, batches
 from .metadata import image_record, text_chunks
 from .model_source import ModelPlan
-from .models import LoadedModel, first_line, open_model
+from .models import LoadedModel, open_model
 from .options import BY_KEY
 from .outputs import Results, write_png
 from .pause import pause_at
@@ -81,7 +82,7 @@ def generate(
     failed = 0
     reporter.start()
     try:
-        for batch in batches(jobs, settings.batch_size, prompts.chunk_count):
+        for batch in batches(jobs, settings.batch_size, prompts.batch_key):
             wanted = [job for job in batch if job.index not in done]
             if wanted:
                 failed += draw_batch(drawing, batch, wanted)
@@ -153,8 +154,7 @@ def check_prompt_settings(
         try:
             prompts.check_clip_skip(skip)
         except UsageError as exc:
-            where = f"prompt on line {job.line}: " if job.line else ""
-            raise UsageError(f"{where}{exc.message}", exc.hint) from None
+            raise at_line(job.line, exc) from None
     if max(skips) > 1 and not prompts.clip_skip_applies:
         reporter.info("--clip-skip changes SD 1.x models only; this model uses its "
                       "penultimate layer as it is (as A1111 does)")  # fmt: skip

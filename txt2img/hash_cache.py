@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from .checkpoints import WeightsFormat, sniff
 from .errors import Txt2ImgError
 
 BLOCK = 1 << 20
@@ -64,8 +65,6 @@ def model_hash(path: Path) -> str:
 def lora_hash(path: Path) -> str:
     """A1111's `Lora hashes` entry: the tensor data of a safetensors file ("AutoV3"), else
     the whole file, 12 hex digits. The format is told from the bytes, as for loading."""
-    from .checkpoints import WeightsFormat, sniff
-
     try:
         safetensors = sniff(path) is WeightsFormat.safetensors
     except Txt2ImgError:  # neither format: hashed whole, and refused if it is loaded

@@ -6,9 +6,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
-from .errors import UsageError
+from .errors import Txt2ImgError, UsageError
 from .options import IMAGE_OPTIONS, RECORDED_OPTIONS
 from .outputs import image_file_name
 from .prompt_syntax import LoraTag, check_prompts, take_lora_tags
@@ -48,7 +49,7 @@ class ImageJob:
         }
         return ImageJob(self.index, self.line, self.prompt, filled)
 
-    @property
+    @cached_property
     def lora_tags(self) -> tuple[LoraTag, ...]:
         return take_lora_tags(self.prompt)[1]
 
@@ -74,13 +75,18 @@ def plan_jobs(settings: Settings) -> list[ImageJob]:
             check_seed_range(first_seed, count)
             check_prompts(line.prompt, options["negative_prompt"], options["emphasis"])
         except UsageError as exc:
-            where = f"prompt on line {line.line}: " if line.line else ""
-            raise UsageError(f"{where}{exc.message}", exc.hint) from exc
+            raise at_line(line.line, exc) from exc
         for k in range(count):
             values = {option.key: options[option.key] for option in RECORDED_OPTIONS}
             values["seed"] = first_seed + k
             jobs.append(ImageJob(len(jobs), line.line, line.prompt, values))
     return jobs
+
+
+def at_line(line: int, exc: Txt2ImgError) -> Txt2ImgError:
+    """`exc` (of the same kind) naming the prompt line it is about, if any."""
+    where = f"prompt on line {line}: " if line else ""
+    return type(exc)(f"{where}{exc.message}", exc.hint)
 
 
 def world() -> tuple[int, int]:
@@ -97,16 +103,14 @@ def process_share(jobs: list[ImageJob]) -> list[ImageJob]:
 
 
 def batches(
-    jobs: list[ImageJob], size: int, key: Callable[[ImageJob], Any] = lambda job: None
+    jobs: list[ImageJob], size: int, key: Callable[[ImageJob], Any] = lambda job: job.batch_key
 ) -> Iterator[list[ImageJob]]:
-    """Consecutive jobs that share their settings (`batch_key` and `key`), at most `size`
-    at a time. Always called on a process's whole share (done images included), so that
-    a resumed run groups its images exactly as the uninterrupted one did."""
+    """Consecutive jobs with equal `key`s (their settings), at most `size` at a time.
+    Always called on a process's whole share (done images included), so that a resumed
+    run groups its images exactly as the uninterrupted one did."""
     batch: list[ImageJob] = []
     for job in jobs:
-        if batch and (
-            len(batch) == size or job.batch_key != batch[0].batch_key or key(job) != key(batch[0])
-        ):
+        if batch and (len(batch) == size or key(job) != key(batch[0])):
             yield batch
             batch = []
         batch.append(job)

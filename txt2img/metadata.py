@@ -31,7 +31,7 @@ MODEL_KEYS = (
     "vae_fp32_retry",  # the first decode gave NaN; this image was decoded in fp32
     "speedups",  # --fast / --compile parts in use (see fast.py)
     "pad_conds",  # the positive and negative prompt were padded to the same chunk count
-    "addons",  # VAE, LoRAs, embeddings: kind, name, hash, scale, token
+    "addons",  # VAE, LoRAs, embeddings: kind, name, hash, scale, token, te_scale, location
     "versions",
 )
 RECORD_KEYS = ("prompt", *(option.key for option in RECORDED_OPTIONS), "index", *MODEL_KEYS)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from .errors import (
     ModelError,
     Txt2ImgError,
     UsageError,
+    first_line,
     is_out_of_memory,
 )
 from .fast import apply_fast_path, speedups_for
@@ -326,17 +326,9 @@ def model_defaults(pipe: Any, name: str) -> ModelDefaults:
         architecture = "sd2"
     else:
         architecture = "sd1"
-    family = {"sdxl": "sdxl-turbo", "sd2": "sd-turbo"}.get(architecture, "sd-turbo")
-    family = family if turbo else architecture
+    family = ("sdxl-turbo" if architecture == "sdxl" else "sd-turbo") if turbo else architecture
     defaults = TURBO if turbo else STANDARD
     return ModelDefaults(family, architecture, defaults.steps, defaults.guidance, side, side)
-
-
-def first_line(exc: BaseException) -> str:
-    """The gist of a library's message: its first line, without terminal codes, short."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
-    line = (text.splitlines() or [type(exc).__name__])[0]
-    return line if len(line) <= 200 else line[:200] + "..."
 
 
 def _load_error(source: ModelSource, exc: Exception) -> ModelError:

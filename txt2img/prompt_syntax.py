@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from .errors import UsageError
@@ -101,12 +101,18 @@ def parse_attention(text: str) -> list[Fragment | Break]:
     return [BREAK if (t, w) == ("BREAK", -1.0) else (t, w) for t, w in merged]
 
 
-def _weight(number: str, token: str) -> float:
+def _finite(text: str) -> float | None:
+    """`text` as a finite float, else None."""
     try:
-        weight = float(number)
+        number = float(text)
     except ValueError:
-        weight = math.nan
-    if not math.isfinite(weight):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _weight(number: str, token: str) -> float:
+    weight = _finite(number)
+    if weight is None:
         raise UsageError(
             f"the prompt's weight {token!r} is not a number", "write it like (word:1.2)"
         )
@@ -234,13 +240,20 @@ def _lora_tag(match: re.Match) -> LoraTag:
 
 
 def _tag_number(text: str, tag: str) -> float:
-    try:
-        number = float(text)
-    except ValueError:
-        number = math.nan
-    if not math.isfinite(number):
+    number = _finite(text)
+    if number is None:
         raise UsageError(f"{tag}: {text.strip()!r} is not a weight", "e.g. <lora:NAME:0.8>")
     return number
+
+
+def words_pattern(names: Iterable[str]) -> re.Pattern | None:
+    """A pattern that finds any of `names` as a whole word, in any case, the longest name
+    first (how an embedding's name acts in a prompt: A1111 matches its whole tokens, and
+    CLIP reads lower case); None for no names."""
+    ordered = sorted(set(names), key=len, reverse=True)
+    if not ordered:
+        return None
+    return re.compile(r"(?<!\w)(" + "|".join(map(re.escape, ordered)) + r")(?!\w)", re.I)
 
 
 def check_addon_name(name: str, where: str) -> None:

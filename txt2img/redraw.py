@@ -8,7 +8,6 @@ Pure Python: no torch here.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from .image_settings import ImageSettings, read_image_settings
 from .model_source import HUB_ID
 from .options import BY_KEY
 from .prompt_syntax import take_lora_tags
+from .settings import folders
 
 
 def values_from_image(
@@ -40,7 +40,7 @@ def values_from_image(
     if prompt is None and values["prompts_file"] is None:
         prompt = image.values.get("prompt")
     if "model" not in given:
-        values["model"] = find_model(image, models_dirs(values))
+        values["model"] = find_model(image, folders(values, "models_dir"))
     _addons_from_image(image, values, given)
     hashes = {a["name"]: a["hash"] for a in image.addons
               if a["kind"] == "lora" and isinstance(a.get("hash"), str)}  # fmt: skip
@@ -55,12 +55,6 @@ def _check_recorded(image: ImageSettings, key: str, value: Any) -> None:
             f"{image.path} records a setting txt2img cannot use: {exc.message}",
             f"give {BY_KEY[key].flag} to draw anyway",
         ) from None
-
-
-def models_dirs(values: dict[str, Any]) -> tuple[Path, ...]:
-    from .settings import folders
-
-    return folders(values, "models_dir")
 
 
 def _addons_from_image(image: ImageSettings, values: dict[str, Any], given: set[str]) -> None:
@@ -87,7 +81,7 @@ def _addons_from_image(image: ImageSettings, values: dict[str, Any], given: set[
     if "embedding" not in given and "embeddings_dir" not in given and embeddings:
         values["embedding"] = embeddings
     lora_dirs = [folder for folder in dict.fromkeys(lora_dirs) if Path(folder).is_dir()]
-    if lora_dirs and not values["lora_dir"] and not os.environ.get("TXT2IMG_LORA_DIR"):
+    if lora_dirs and not folders(values, "lora_dir"):
         values["lora_dir"] = lora_dirs
 
 

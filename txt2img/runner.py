@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .addon_folders import embeddings_named, find_lora, folder_index
 from .errors import PartialFailure, Txt2ImgError, UsageError, debug_enabled
-from .jobs import ImageJob, plan_jobs, process_share, world
+from .jobs import ImageJob, at_line, plan_jobs, process_share, world
 from .model_source import plan_model
 from .outputs import Results, check_stdout, refuse_existing, remove_stale_temporaries, taken_names
 from .progress import Reporter
@@ -87,8 +87,7 @@ def prompt_addons(settings: Settings) -> tuple[dict[str, Path], dict[str, Path]]
                 digest = settings.lora_hashes.get(tag.name)
                 named.setdefault(tag.name, find_lora(loras, tag.name, settings.lora_dirs, digest))
             except Txt2ImgError as exc:
-                where = f"prompt on line {line.line}: " if line.line else ""
-                raise type(exc)(f"{where}{exc.message}", exc.hint) from None
+                raise at_line(line.line, exc) from None
     embeddings = folder_index(settings.embedding_dirs, "--embeddings-dir")
     return named, embeddings_named(embeddings, texts)
 
