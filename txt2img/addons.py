@@ -7,7 +7,7 @@ so diffusers never decides how to unpickle anything.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -90,14 +90,29 @@ class Loras:
     and those that prompts' tags name, on for the calls of those prompts only."""
 
     pipe: Any
-    fixed: list[tuple[Lora, float]]
-    named: dict[str, Lora]
+    offline: bool = False
+    fixed: list[tuple[Lora, float]] = field(default_factory=list)
+    named: dict[str, Lora] = field(default_factory=dict)
+    by_location: dict[str, Lora] = field(default_factory=dict)
     active: tuple | None = None  # the adapters and weights set on the pipeline now
+
+    def load(self, source: ModelSource, name: str | None = None) -> Lora:
+        """The file's adapter, loaded on first use; under a tag's `name`, tags find it."""
+        if source.location not in self.by_location:
+            adapter = f"lora{len(self.by_location)}"
+            _load_lora(self.pipe, source, adapter, self.offline)
+            _, digest = _name_and_hash(source, 12, autov3=True)
+            lora = Lora(adapter, name or source.name, digest, source.location)
+            self.by_location[source.location] = lora
+        lora = self.by_location[source.location]
+        if name is not None:
+            self.named.setdefault(name, lora)
+        return lora
 
     def use(self, tags: tuple[Any, ...]) -> None:
         """Switch the pipeline to --lora plus `tags` (`prompt_syntax.LoraTag`)."""
         wanted = tuple((lora.adapter, te, unet) for lora, (te, unet) in self._weights(tags))
-        if wanted != self.active and (self.fixed or self.named):
+        if wanted != self.active and self.by_location:
             self._apply(wanted)
             self.active = wanted
 
@@ -140,21 +155,10 @@ def load_loras(
     offline: bool,
 ) -> Loras:
     """Load every LoRA file once (kohya/A1111 or diffusers format); --lora ones go on."""
-    loaded: dict[str, Lora] = {}
-
-    def load(source: ModelSource, name: str | None = None) -> Lora:
-        if source.location not in loaded:
-            adapter = f"lora{len(loaded)}"
-            _load_lora(pipe, source, adapter, offline)
-            _, digest = _name_and_hash(source, 12, autov3=True)
-            loaded[source.location] = Lora(adapter, name or source.name, digest, source.location)
-        return loaded[source.location]
-
-    loras = Loras(
-        pipe,
-        fixed=[(load(source), scale) for source, scale in fixed],
-        named={name: load(source, name) for name, source in named.items()},
-    )
+    loras = Loras(pipe, offline)
+    loras.fixed = [(loras.load(source), scale) for source, scale in fixed]
+    for name, source in named.items():
+        loras.load(source, name)
     loras.use(())
     return loras
 
@@ -186,7 +190,7 @@ def _load_lora_weights(pipe: Any, source: ModelSource, adapter: str, offline: bo
 
 
 def load_embeddings(
-    pipe: Any, embeddings: list[EmbeddingRef], offline: bool, allow_pickle: bool
+    pipe: Any, embeddings: list[EmbeddingRef], offline: bool, allow_pickle: bool, first: int = 0
 ) -> tuple[list[AddOn], dict[str, str]]:
     """Textual inversions, every one read by `read_weights` (a Hub id's file is fetched
     first); their records, and for each the tokenizer token it is loaded under. The
@@ -194,9 +198,9 @@ def load_embeddings(
     in any case, as A1111 matches it on whole tokens; the tokenizers only know a private
     token, so a name never acts inside another word ("bad" in "badge") and may be a word
     of CLIP's own vocabulary. SDXL embeddings carry one vector set per text encoder
-    (`clip_l`, `clip_g`)."""
+    (`clip_l`, `clip_g`). `first`: how many embeddings the pipeline has already."""
     records, tokens = [], {}
-    for number, ref in enumerate(embeddings):
+    for number, ref in enumerate(embeddings, start=first):
         name, digest = _name_and_hash(ref.source, 12)
         source = ref.source
         if source.kind is SourceKind.hub:

@@ -27,6 +27,7 @@ class ExitCode(IntEnum):
     BAD_IMAGE = 6
     OUTPUT = 7
     PARTIAL = 8
+    SERVER = 9
     INTERRUPTED = 130
     STDOUT_CLOSED = 141
 
@@ -67,6 +68,22 @@ class BadImageError(Txt2ImgError):
 
 class PartialFailure(Txt2ImgError):
     exit_code = ExitCode.PARTIAL
+
+
+class ServerError(Txt2ImgError):
+    """`txt2img --server URL`: the server cannot be reached, or answered in a way a
+    txt2img server never does."""
+
+    exit_code = ExitCode.SERVER
+
+
+class RemoteError(Txt2ImgError):
+    """A failure the server reported for a `--server` run, with the exit code the same
+    failure has in a local run."""
+
+    def __init__(self, message: str, hint: str, exit_code: int) -> None:
+        super().__init__(message, hint)
+        self.exit_code = ExitCode(exit_code) if exit_code in iter(ExitCode) else ExitCode.SERVER
 
 
 class StdoutClosed(Exception):

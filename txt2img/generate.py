@@ -6,7 +6,7 @@ import gc
 import time
 import traceback
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import diffusers
 import numpy as np
@@ -36,18 +36,73 @@ from .pause import pause_at
 from .previews import StepRecorder, recording, strip
 from .progress import Reporter
 from .schedulers import a1111_sampler, build_scheduler
-from .settings import Existing, Settings
+from .settings import Existing, LoadOptions, Settings
+
+
+@dataclass(frozen=True)
+class DrawOptions:
+    """What drawing needs of a run beside its jobs: from the command line's settings, or
+    from a request to `txt2img serve`."""
+
+    batch_size: int = 1
+    keep_going: bool = False
+    save_steps: int | None = None
+    verbose: bool = False
+
+    @classmethod
+    def of(cls, settings: Settings) -> DrawOptions:
+        return cls(settings.batch_size, settings.keep_going, settings.save_steps,
+                   settings.verbose)  # fmt: skip
+
+
+class Sink(Protocol):
+    """Where drawn images go: files on disk here, or a client of `txt2img serve`."""
+
+    def wants_image(self, job: ImageJob) -> bool: ...
+    def image(self, job: ImageJob, image: Any, record: dict[str, Any], seconds: float) -> str: ...
+    def strip(self, job: ImageJob, sheet: Any, note: str) -> None: ...
+    def skipped(self, job: ImageJob) -> None: ...
+    def failed(self, job: ImageJob, message: str) -> None: ...
+
+
+class FileSink:
+    """A local run: PNGs written safely into --output-dir, results on stdout."""
+
+    def __init__(self, settings: Settings, taken: set[str], results: Results) -> None:
+        self.settings, self.taken, self.results = settings, taken, results
+
+    def wants_image(self, job: ImageJob) -> bool:
+        """Under --resume an image already there is kept (only its strip was missing)."""
+        return job.file_name not in self.taken or self.settings.existing is Existing.replace
+
+    def image(self, job: ImageJob, image: Any, record: dict[str, Any], seconds: float) -> str:
+        target = self.settings.output_dir / job.file_name
+        replace = self.settings.existing is Existing.replace
+        write_png(image, target, text_chunks(record), replace=replace)
+        self.results.written(target, job, record, seconds)
+        return str(target)
+
+    def strip(self, job: ImageJob, sheet: Any, note: str) -> None:
+        # With --resume the image is being drawn again, so its strip may be replaced too.
+        replace = self.settings.existing is not Existing.refuse
+        write_png(sheet, self.settings.output_dir / job.strip_name, {"txt2img-steps": note},
+                  replace=replace)  # fmt: skip
+
+    def skipped(self, job: ImageJob) -> None:
+        self.results.skipped(self.settings.output_dir / job.file_name, job)
+
+    def failed(self, job: ImageJob, message: str) -> None:
+        self.results.failed(self.settings.output_dir / job.file_name, job, message)
 
 
 @dataclass
 class Drawing:
     """What every step of a run's drawing needs."""
 
-    settings: Settings
+    options: DrawOptions
     model: LoadedModel
     reporter: Reporter
-    results: Results
-    taken: set[str]  # the run's file names already on disk
+    sink: Sink
     prompts: PromptEncoder
 
 
@@ -60,74 +115,121 @@ def generate(
     reporter: Reporter,
     results: Results,
 ) -> int:
-    """Draw and write every job whose index is not in `done`; return how many failed
-    (only with --keep-going). `jobs` is this process's whole share, so the batches are
-    those of an uninterrupted run: a batch with a done image is drawn whole and only its
-    missing files are written, which keeps --resume pixel-identical at any batch size."""
-    mute_library_logs(settings.verbose)
+    """Load the model, then draw and write every job whose index is not in `done`;
+    return how many failed (only with --keep-going)."""
+    model = load_model(plan, settings.load, settings.verbose, reporter)
+    sink = FileSink(settings, taken, results)
+    return draw_jobs(model, DrawOptions.of(settings), jobs, done, reporter, sink)
+
+
+def load_model(
+    plan: ModelPlan,
+    load: LoadOptions,
+    verbose: bool,
+    reporter: Reporter,
+    loras_later: bool = False,
+) -> LoadedModel:
+    """`open_model`, said on stderr (`loras_later`: see there)."""
+    mute_library_logs(verbose)
     reporter.info(f"loading {plan.source.location}")
-    model = open_model(plan, settings.load)
+    model = open_model(plan, load, loras_later=loras_later)
     d = model.defaults
-    savers = ", ".join(settings.load.memory.names()) or "none"
+    savers = ", ".join(load.memory.names()) or "none"
     reporter.info(
         f"{d.family} model on {model.device} in {model.dtype_name}; memory savers: {savers}; "
         f"speed-ups: {', '.join(model.speedups) or 'none'}; "
         f"defaults: {d.steps} steps, guidance {d.guidance:g}, {d.width}x{d.height}"
     )
-    jobs = [job.with_defaults(d.values()) for job in jobs]
-    check_sizes(jobs)
-    prompts = PromptEncoder(model.pipe, d.architecture, model.embedding_tokens)
-    check_prompt_settings(prompts, jobs, reporter, settings.verbose)
-    drawing = Drawing(settings, model, reporter, results, taken, prompts)
+    return model
+
+
+def draw_jobs(
+    model: LoadedModel,
+    options: DrawOptions,
+    jobs: list[ImageJob],
+    done: set[int],
+    reporter: Reporter,
+    sink: Sink,
+) -> int:
+    """Draw every job whose index is not in `done` and hand it to `sink`; return how
+    many failed (only with keep_going). `jobs` is this process's whole share, so the
+    batches are those of an uninterrupted run: a batch with a done image is drawn whole
+    and only its missing images are kept, which keeps --resume pixel-identical at any
+    batch size."""
+    drawing = Drawing(options, model, reporter, sink, model_prompts(model))
+    jobs = prepare_jobs(drawing, jobs)
     failed = 0
     reporter.start()
     try:
-        for batch in batches(jobs, settings.batch_size, prompts.batch_key):
-            wanted = [job for job in batch if job.index not in done]
-            if wanted:
-                failed += draw_batch(drawing, batch, wanted)
+        for batch in batches(jobs, options.batch_size, drawing.prompts.batch_key):
+            if any(job.index not in done for job in batch):
+                failed += draw_batch(drawing, batch, done)
     finally:
         reporter.stop()
     return failed
 
 
-def draw_batch(drawing: Drawing, batch: list[ImageJob], wanted: list[ImageJob]) -> int:
-    """Draw one batch and write its `wanted` images; return how many failed."""
+def model_prompts(model: LoadedModel) -> PromptEncoder:
+    return PromptEncoder(model.pipe, model.defaults.architecture, model.embedding_tokens)
+
+
+def prepare_jobs(drawing: Drawing, jobs: list[ImageJob]) -> list[ImageJob]:
+    """`jobs` with the model's defaults filled in, checked against the model."""
+    jobs = [job.with_defaults(drawing.model.defaults.values()) for job in jobs]
+    check_sizes(jobs)
+    check_prompt_settings(drawing.prompts, jobs, drawing.reporter, drawing.options.verbose)
+    return jobs
+
+
+def draw_batch(drawing: Drawing, batch: list[ImageJob], done: set[int]) -> int:
+    """Draw one batch and hand over its images not in `done`; return how many failed."""
     started = time.perf_counter()
+    wanted = [(k, job) for k, job in enumerate(batch) if job.index not in done]
     drawing.reporter.image_started()
     try:
         drawn = render(
             drawing.model, drawing.prompts, batch, drawing.reporter.step_done,
-            drawing.settings.save_steps,
+            drawing.options.save_steps,
         )  # fmt: skip
     except Exception as exc:
-        return fail_or_raise(drawing, wanted, exc)
-    seconds = (time.perf_counter() - started) / len(batch)
+        return fail_or_raise(drawing, [job for _, job in wanted], exc)
+    return deliver(drawing, drawn, wanted, (time.perf_counter() - started) / len(batch))
+
+
+def deliver(
+    drawing: Drawing, drawn: Drawn, wanted: list[tuple[int, ImageJob]], seconds: float
+) -> int:
+    """Hand image k of a call to the sink for each (k, job) of `wanted`; return how
+    many failed."""
     failed = 0
-    for job in wanted:
+    for k, job in wanted:
         try:
-            write_outputs(drawing, drawn, batch.index(job), job, seconds)
+            where = write_outputs(drawing, drawn, k, job, seconds)
         except Exception as exc:
             failed += fail_or_raise(drawing, [job], exc)
             continue
-        drawing.reporter.image_done(str(drawing.settings.output_dir / job.file_name), seconds)
+        if where is not None:
+            drawing.reporter.image_done(where, seconds)
     return failed
 
 
-def write_outputs(drawing: Drawing, drawn: Drawn, k: int, job: ImageJob, seconds: float) -> None:
-    """Image k of a call and its strip. Both are decoded before either is written, so a
-    failure leaves neither. Under --resume an image already there is kept (only its strip
-    was missing)."""
-    settings, model = drawing.settings, drawing.model
-    redraw = job.file_name not in drawing.taken or settings.existing is Existing.replace
-    checked = checked_pixels(model, drawn, k, drawing.reporter) if redraw else None
+def write_outputs(
+    drawing: Drawing, drawn: Drawn, k: int, job: ImageJob, seconds: float
+) -> str | None:
+    """Image k of a call and its strip. Both are decoded before either is handed over,
+    so a failure leaves neither. Returns where the image went (None if it was kept)."""
+    model, sink = drawing.model, drawing.sink
+    checked = checked_pixels(model, drawn, k, drawing.reporter) if sink.wants_image(job) else None
     sheet = strip(model.pipe, drawn.steps, k) if drawn.steps is not None else None
+    where = None
     if checked is not None:
-        write_image(drawing, job, *checked, seconds)
+        where = sink.image(job, *image_and_record(drawing, job, *checked), seconds)
     else:
-        drawing.results.skipped(settings.output_dir / job.file_name, job)
+        sink.skipped(job)
     if sheet is not None:
-        write_strip(settings, model, job, sheet)
+        frames = len(model.pipe.scheduler.timesteps)
+        sink.strip(job, sheet, f"every {drawing.options.save_steps} of {frames} scheduler steps")
+    return where
 
 
 def check_sizes(jobs: list[ImageJob]) -> None:
@@ -171,7 +273,7 @@ def fail_or_raise(drawing: Drawing, jobs: list[ImageJob], exc: Exception) -> int
     """With --keep-going, report failed items and go on; otherwise stop the run."""
     out_of_memory = is_out_of_memory(exc)
     if not (
-        drawing.settings.keep_going
+        drawing.options.keep_going
         and (out_of_memory or isinstance(exc, (UsageError, BadImageError)))
     ):
         raise exc
@@ -184,7 +286,7 @@ def fail_or_raise(drawing: Drawing, jobs: list[ImageJob], exc: Exception) -> int
         drawing.reporter.failure(
             f"image {job.index} (line {job.line}, seed {job['seed']}): {message}"
         )
-        drawing.results.failed(drawing.settings.output_dir / job.file_name, job, message)
+        drawing.sink.failed(job, message)
     return len(jobs)
 
 
@@ -207,7 +309,9 @@ def render(
     save_steps: int | None,
 ) -> Drawn:
     """One pipeline call for a batch of jobs that share their settings, with the prompt
-    embeddings built by A1111's rules (`conditioning.py`).
+    embeddings built by A1111's rules (`conditioning.py`). `on_step(done, total)` is
+    told of every step; when it returns True the call stops there (`txt2img serve`'s
+    interrupt and cancel) and the images are decoded from the latents reached.
 
     Each image gets its own fresh CPU generator, so its starting noise depends only on
     its seed: not on the device, the batch size, or what was drawn before."""
@@ -218,8 +322,9 @@ def render(
 
     def step_callback(pipeline: Any, step: int, timestep: Any, tensors: dict) -> dict:
         final["latents"] = tensors["latents"]
-        on_step(step + 1, len(pipeline.scheduler.timesteps))
         pause_at(f"step:{first.index}:{step + 1}")
+        if on_step(step + 1, len(pipeline.scheduler.timesteps)):
+            pipeline._interrupt = True  # diffusers skips the remaining steps
         return tensors
 
     try:
@@ -313,25 +418,14 @@ def use_scheduler(model: LoadedModel, name: str | None) -> None:
         model.pipe.scheduler = model.schedulers[name]
 
 
-def write_image(
-    drawing: Drawing, job: ImageJob, pixels: np.ndarray, vae_fp32_retry: bool, seconds: float
-) -> None:
-    model, settings = drawing.model, drawing.settings
+def image_and_record(
+    drawing: Drawing, job: ImageJob, pixels: np.ndarray, vae_fp32_retry: bool
+) -> tuple[Any, dict[str, Any]]:
+    model = drawing.model
     image = model.pipe.image_processor.numpy_to_pil(pixels[None])[0]
     addons = image_addons(drawing, job)
     facts = model_facts(model, job, vae_fp32_retry, addons, drawing.prompts.pads(job))
-    record = image_record(job, facts)
-    target = settings.output_dir / job.file_name
-    write_png(image, target, text_chunks(record), replace=settings.existing is Existing.replace)
-    drawing.results.written(target, job, record, seconds)
-
-
-def write_strip(settings: Settings, model: LoadedModel, job: ImageJob, sheet: Any) -> None:
-    frames = len(model.pipe.scheduler.timesteps)
-    chunks = {"txt2img-steps": f"every {settings.save_steps} of {frames} scheduler steps"}
-    # With --resume the image is being drawn again, so its strip may be replaced too.
-    replace = settings.existing is not Existing.refuse
-    write_png(sheet, settings.output_dir / job.strip_name, chunks, replace=replace)
+    return image, image_record(job, facts)
 
 
 def image_addons(drawing: Drawing, job: ImageJob) -> list[AddOn]:

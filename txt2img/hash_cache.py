@@ -36,17 +36,10 @@ def file_sha256(path: Path, after_header: bool = False) -> str:
     """The file's sha256 (hex), from the cache when the file is unchanged; with
     `after_header`, of what follows a safetensors file's header (A1111's LoRA hash)."""
     path = path.resolve()
-    stat = path.stat()
-    key = str(path) + ("#tensors" if after_header else "")
-    stamp = [stat.st_size, stat.st_mtime_ns]
-    cached = _read().get(key)
-    if (
-        isinstance(cached, dict)
-        and cached.get("stamp") == stamp
-        and isinstance(cached.get("sha256"), str)
-        and re.fullmatch(r"[0-9a-f]{64}", cached["sha256"])
-    ):
-        return cached["sha256"]
+    key, stamp = _key(path, after_header)
+    cached = cached_sha256(path, after_header)
+    if cached is not None:
+        return cached
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         if after_header:
@@ -55,6 +48,26 @@ def file_sha256(path: Path, after_header: bool = False) -> str:
             digest.update(block)
     _store(key, {"stamp": stamp, "sha256": digest.hexdigest()})
     return digest.hexdigest()
+
+
+def cached_sha256(path: Path, after_header: bool = False) -> str | None:
+    """The file's sha256 if the cache has it for the file as it is now, else None
+    (nothing is read but the cache)."""
+    key, stamp = _key(path.resolve(), after_header)
+    cached = _read().get(key)
+    if (
+        isinstance(cached, dict)
+        and cached.get("stamp") == stamp
+        and isinstance(cached.get("sha256"), str)
+        and re.fullmatch(r"[0-9a-f]{64}", cached["sha256"])
+    ):
+        return cached["sha256"]
+    return None
+
+
+def _key(path: Path, after_header: bool) -> tuple[str, list[int]]:
+    stat = path.stat()
+    return str(path) + ("#tensors" if after_header else ""), [stat.st_size, stat.st_mtime_ns]
 
 
 def model_hash(path: Path) -> str:

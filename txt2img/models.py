@@ -116,13 +116,18 @@ def pick_dtype(choice: Dtype, device: torch.device, speedups: tuple[str, ...] = 
 
 
 def open_model(
-    plan: ModelPlan, options: LoadOptions, speedups: tuple[str, ...] | None = None
+    plan: ModelPlan,
+    options: LoadOptions,
+    speedups: tuple[str, ...] | None = None,
+    loras_later: bool = False,
 ) -> LoadedModel:
     """The whole loading sequence: device, speed-ups (those of `options`, or exactly
-    `speedups`), dtype, weights, add-ons, placement."""
+    `speedups`), dtype, weights, add-ons, placement. `loras_later`: LoRAs may be loaded
+    after this (`txt2img serve`), so no speed-up may exclude them."""
     device = pick_device(options.device)
     if speedups is None:
-        speedups = speedups_for(options, device, has_loras=bool(plan.loras or plan.named_loras))
+        has_loras = bool(plan.loras or plan.named_loras or loras_later)
+        speedups = speedups_for(options, device, has_loras=has_loras)
     dtype = pick_dtype(options.dtype, device, speedups)
     source = plan.source
     try:

@@ -93,6 +93,11 @@ def _check_guidance(flag: str, value: float | None) -> None:
         )
 
 
+def _check_gib(flag: str, value: float | None) -> None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise UsageError(f"{flag} must be a number of GiB above 0, got {value}")
+
+
 def _check_side(flag: str, side: int | None) -> None:
     check_range(flag, side, 8, MAX_SIDE)
     if side is not None and side % 8:
@@ -202,8 +207,12 @@ OPTIONS: tuple[Option, ...] = (
            "Default: $TXT2IMG_MODELS_DIR, folders separated by ':'.", Path, repeat=True,
            envvar="TXT2IMG_MODELS_DIR", check=_check_folders),
     Option("model", ("--model", "-m"), "Hugging Face Hub id, local diffusers folder, or "
-           "single-file checkpoint (.safetensors).", default=DEFAULT_MODEL,
+           "single-file checkpoint (.safetensors); with --server, a model the server lists "
+           "(default: the server's current one).", default=DEFAULT_MODEL,
            envvar="TXT2IMG_MODEL"),
+    Option("server", ("--server",), "Draw on a running 'txt2img serve' at this URL "
+           "(http://[USER:PASS@]HOST:PORT) instead of loading the model here; the images are "
+           "written here, as a local run writes them.", envvar="TXT2IMG_SERVER"),
     Option("output_dir", ("--output-dir", "-o"), "Folder for the PNGs.", Path,
            default=Path("outputs")),
     Option("device", ("--device",), "Where to run; auto picks cuda, then mps, then cpu.",
@@ -266,7 +275,39 @@ OPTIONS: tuple[Option, ...] = (
            "ship one.", bool, default=True, off_flag="--no-safety-checker"),
 )  # fmt: skip
 
+# The options of `txt2img serve` beside those of OPTIONS it shares (SERVE_SHARED).
+SERVE_OPTIONS: tuple[Option, ...] = (
+    Option("host", ("--host",), "Address to listen on. Any but a loopback address needs "
+           "--api-auth.", default="127.0.0.1"),
+    Option("port", ("--port",), "Port to listen on (0: any free one, printed on stderr).",
+           int, default=7860, check=_checked_range(0, 65535)),
+    Option("api_auth", ("--api-auth",), "USER:PASS[,USER:PASS...]: every request needs HTTP "
+           "Basic credentials. Default: $TXT2IMG_API_AUTH.", envvar="TXT2IMG_API_AUTH"),
+    Option("cors_allow_origins", ("--cors-allow-origins",), "Comma-separated origins (e.g. "
+           "http://localhost:3000) whose web pages may call the API; none by default."),
+    Option("queue_size", ("--queue-size",), "Requests that may wait for the device; more get "
+           "503 with Retry-After.", int, default=16, check=_checked_range(1, 10_000)),
+    Option("max_batch", ("--max-batch",), "Images one pipeline call may draw from concurrent "
+           "A1111 requests with the same settings (1: each request alone).", int, default=4,
+           check=_checked_range(1, 64)),
+    Option("max_pixels", ("--max-pixels",), "Most pixels one pipeline call may draw, width x "
+           "height x batch size; larger requests are refused.", int, default=4 * 1024 * 1024,
+           check=_checked_range(64, None)),
+    Option("models_memory", ("--models-memory",), "GiB of weights the loaded models may take; "
+           "the least recently used model is unloaded first (default: half the device's "
+           "memory).", float, check=_check_gib),
+)  # fmt: skip
+# Options of OPTIONS that `txt2img serve` takes too: what and how it loads.
+SERVE_SHARED = ("model", "models_dir", "lora_dir", "embeddings_dir", "device", "dtype",
+                "offline", "allow_pickle", "fast", "compile", "low_vram", "cpu_offload",
+                "vae_tiling", "vae_slicing", "attention_slicing", "safety_checker", "quiet",
+                "verbose")  # fmt: skip
+# Options a --server run leaves to the server (a run that sets one is refused).
+SERVER_SIDE = (*(key for key in SERVE_SHARED if key not in ("model", "quiet", "verbose")),
+               "config", "vae", "lora", "embedding")  # fmt: skip
+
 BY_KEY = {option.key: option for option in OPTIONS}
+SERVE_BY_KEY = {option.key: option for option in SERVE_OPTIONS}
 IMAGE_OPTIONS = tuple(option for option in OPTIONS if option.per_image)
 RECORDED_OPTIONS = tuple(option for option in IMAGE_OPTIONS if option.recorded)
 # Spellings the command line also knows but that are not in OPTIONS.

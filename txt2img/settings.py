@@ -117,27 +117,13 @@ def build_settings(
             "--resume needs the --seed of the run it resumes",
             "the seed was printed when that run started and is in its images' metadata",
         )
-    savers = ("cpu_offload", "vae_tiling", "vae_slicing", "attention_slicing")
-    memory = (
-        MemorySavers.all()
-        if values["low_vram"]
-        else MemorySavers(*(values[name] for name in savers))
-    )
     settings = Settings(
         prompts=prompts,
         image=image,
         seed_is_random=seed_is_random,
         model=values["model"],
         output_dir=values["output_dir"],
-        load=LoadOptions(
-            device=Device(values["device"]),
-            dtype=Dtype(values["dtype"]),
-            fast=values["fast"],
-            compile=values["compile"],
-            memory=memory,
-            safety_checker=values["safety_checker"],
-            offline=values["offline"],
-        ),
+        load=load_options(values),
         quiet=values["quiet"],
         verbose=values["verbose"],
         batch_size=values["batch_size"],
@@ -156,6 +142,25 @@ def build_settings(
     )
     _check_output_dir(settings.output_dir)
     return settings
+
+
+def load_options(values: dict[str, Any]) -> LoadOptions:
+    """How to load and place models, from the command line's values."""
+    savers = ("cpu_offload", "vae_tiling", "vae_slicing", "attention_slicing")
+    memory = (
+        MemorySavers.all()
+        if values["low_vram"]
+        else MemorySavers(*(values[name] for name in savers))
+    )
+    return LoadOptions(
+        device=Device(values["device"]),
+        dtype=Dtype(values["dtype"]),
+        fast=values["fast"],
+        compile=values["compile"],
+        memory=memory,
+        safety_checker=values["safety_checker"],
+        offline=values["offline"],
+    )
 
 
 def folders(values: dict[str, Any], key: str) -> tuple[Path, ...]:

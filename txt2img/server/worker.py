@@ -1,0 +1,307 @@
+"""The one thread that draws: tasks in order of arrival, one pipeline call at a time on
+the device, with queued A1111 requests of the same settings drawn in the same call.
+
+The web server's threads only queue tasks, cancel them and read the progress; every
+model, pipeline and tensor is touched by this thread alone.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import UsageError
+from ..generate import (
+    DrawOptions,
+    Drawing,
+    Sink,
+    deliver,
+    fail_or_raise,
+    prepare_jobs,
+    render,
+)
+from ..jobs import ImageJob, batches
+from ..progress import Reporter
+from .catalog import Entry, LoadedModels, Served
+from .config import ServeConfig
+
+
+class Stopping(Exception):
+    """The server is shutting down and takes no more work."""
+
+
+class QueueFull(Exception):
+    """--queue-size tasks are waiting already."""
+
+
+@dataclass(eq=False)
+class Task:
+    """One request's work: images to draw, or (`jobs` None) a model to switch to."""
+
+    label: str  # for the server's log
+    entry: Entry | None  # the model; None: the server's current one
+    jobs: list[ImageJob] | None
+    options: DrawOptions = DrawOptions()
+    sink: Sink | None = None
+    reporter: Reporter = field(default_factory=lambda: Reporter(True, 0))
+    done: set[int] = field(default_factory=set)  # --resume: indices not to hand over
+    mergeable: bool = False  # may share a pipeline call with other tasks
+    keeps_partial: bool = False  # interrupted: its images so far are still handed over
+    on_finish: Callable[[Task], None] = lambda task: None
+    stop: str | None = None  # "interrupted", "cancelled" or "stopping"
+    error: BaseException | None = None
+    failed: int = 0
+    number: int = 0
+    finished: bool = False
+
+
+class Progress:
+    """What /progress tells: the task being drawn, its images and the current step."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.task: Task | None = None
+        self.images = self.images_done = self.call_size = self.step = self.steps = 0
+        self.started = 0.0
+        self.timestamp = ""
+
+    def begin(self, task: Task, images: int) -> None:
+        with self.lock:
+            self.task, self.images, self.images_done = task, images, 0
+            self.step = self.steps = self.call_size = 0
+            self.started = time.monotonic()
+            self.timestamp = time.strftime("%Y%m%d%H%M%S")
+
+    def call(self, size: int) -> None:
+        with self.lock:
+            self.call_size, self.step = size, 0
+
+    def stepped(self, step: int, steps: int) -> None:
+        with self.lock:
+            self.step, self.steps = step, steps
+
+    def called(self) -> None:
+        with self.lock:
+            self.images_done += self.call_size
+
+    def end(self) -> None:
+        with self.lock:
+            self.task = None
+
+    def fraction(self) -> tuple[float, float, dict[str, Any]]:
+        """(progress 0..1, seconds left, A1111's state fields) of the task being drawn."""
+        with self.lock:
+            if self.task is None or not self.images:
+                return 0.0, 0.0, {"job_timestamp": self.timestamp or "0",
+                                  "sampling_step": 0, "sampling_steps": 0}  # fmt: skip
+            in_call = self.call_size * self.step / self.steps if self.steps else 0.0
+            done = min(1.0, (self.images_done + in_call) / self.images)
+            elapsed = time.monotonic() - self.started
+            left = elapsed / done - elapsed if done > 0 else 0.0
+            state = {"job_timestamp": self.timestamp, "sampling_step": self.step,
+                     "sampling_steps": self.steps}  # fmt: skip
+            return done, left, state
+
+
+class Worker:
+    def __init__(self, models: LoadedModels, config: ServeConfig, log: Callable[[str], None]):
+        self.models, self.config, self.log = models, config, log
+        self.lock = threading.Condition()
+        self.queue: deque[Task] = deque()
+        self.running: list[Task] = []  # the task being served and its call's partners
+        self.progress = Progress()
+        self.stopping = False
+        self._numbers = itertools.count(1)
+        self.thread = threading.Thread(target=self._loop, name="txt2img-draw", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def submit(self, task: Task) -> None:
+        with self.lock:
+            if self.stopping:
+                raise Stopping
+            if len(self.queue) >= self.config.queue_size:
+                raise QueueFull
+            task.number = next(self._numbers)
+            self.queue.append(task)
+            self.lock.notify()
+
+    def cancel(self, task: Task, reason: str) -> None:
+        """Drop a waiting task, or stop a running one at its next step."""
+        with self.lock:
+            waiting = task in self.queue
+            if waiting:
+                self.queue.remove(task)
+            task.stop = task.stop or reason
+        if waiting:
+            self._finish(task)
+
+    def interrupt(self) -> None:
+        """A1111's /interrupt: the pipeline call in flight stops at its next step."""
+        with self.lock:
+            for task in self.running:
+                task.stop = task.stop or "interrupted"
+
+    def stop(self) -> None:
+        """Take no more work; drop the waiting tasks, stop the running ones."""
+        with self.lock:
+            self.stopping = True
+            waiting = list(self.queue)
+            self.queue.clear()
+            for task in [*waiting, *self.running]:
+                task.stop = task.stop or "stopping"
+            self.lock.notify_all()
+        for task in waiting:
+            self._finish(task)
+
+    @property
+    def job_count(self) -> int:
+        """Tasks waiting or being drawn (A1111's state.job_count: 0 when idle)."""
+        with self.lock:
+            return len(self.queue) + len(self.running)
+
+    @property
+    def interrupted(self) -> bool:
+        with self.lock:
+            return any(task.stop == "interrupted" for task in self.running)
+
+    def _loop(self) -> None:
+        while True:
+            with self.lock:
+                while not self.queue and not self.stopping:
+                    self.lock.wait()
+                if self.stopping:
+                    return
+                task = self.queue.popleft()
+                self.running = [task]
+            try:
+                self._serve(task)
+            except Exception as exc:
+                task.error = exc
+            finally:
+                self.progress.end()
+                with self.lock:
+                    self.running = []
+                self._finish(task)
+
+    def _finish(self, task: Task) -> None:
+        if not task.finished:
+            task.finished = True
+            task.on_finish(task)
+
+    def _serve(self, task: Task) -> None:
+        if task.stop:
+            return
+        served = self.models.get(task.entry)
+        if task.jobs is None:  # POST /options with sd_model_checkpoint
+            self.models.current = served.entry
+            return
+        self.models.add_addons(served, task.jobs)
+        drawing = Drawing(task.options, served.model, task.reporter, task.sink, served.prompts)
+        jobs = prepare_jobs(drawing, task.jobs)
+        calls = list(batches(jobs, task.options.batch_size, served.prompts.batch_key))
+        for batch in calls:
+            check_pixels(batch, self.config.max_pixels)
+        self.progress.begin(task, sum(job.index not in task.done for job in jobs))
+        task.reporter.start()
+        try:
+            for batch in calls:
+                if task.stop or task.error:
+                    break
+                if any(job.index not in task.done for job in batch):
+                    partners = self._partners(served, batch) if task.mergeable else []
+                    self._call(served, [(task, drawing, batch), *partners])
+        finally:
+            task.reporter.stop()
+
+    def _partners(self, served: Served, batch: list[ImageJob]) -> list[tuple]:
+        """Waiting tasks that can be drawn in `batch`'s call: mergeable, with the same
+        model and settings, needing no add-on not loaded yet, and all their images fit."""
+        key = served.prompts.batch_key(batch[0])
+        room = max(self.config.max_batch, len(batch)) - len(batch)
+        side = batch[0]["width"] * batch[0]["height"]
+        room = min(room, self.config.max_pixels // side - len(batch))
+        partners = []
+        with self.lock:
+            for other in list(self.queue):
+                if room <= 0:
+                    break
+                if not other.mergeable or other.stop or not other.jobs:
+                    continue
+                if (other.entry or self.models.current) != served.entry:
+                    continue
+                if len(other.jobs) > room or self.models.needs_addons(served, other.jobs):
+                    continue
+                jobs = [job.with_defaults(served.model.defaults.values()) for job in other.jobs]
+                if any(served.prompts.batch_key(job) != key for job in jobs):
+                    continue
+                self.queue.remove(other)
+                self.running.append(other)
+                drawing = Drawing(
+                    other.options, served.model, other.reporter, other.sink, served.prompts
+                )
+                partners.append((other, drawing, jobs))
+                room -= len(jobs)
+        return partners
+
+    def _call(self, served: Served, members: list[tuple[Task, Drawing, list[ImageJob]]]) -> None:
+        """One pipeline call for the members' batches; each member gets its images."""
+        tasks = [task for task, _, _ in members]
+        jobs = [job for _, _, batch in members for job in batch]
+        save_steps = members[0][1].options.save_steps if len(members) == 1 else None
+        self.progress.call(len(jobs))
+
+        def on_step(step: int, steps: int) -> bool:
+            self.progress.stepped(step, steps)
+            for task in tasks:
+                task.reporter.step_done(step, steps)
+            return all(task.stop for task in tasks)
+
+        started = time.perf_counter()
+        for task in tasks:
+            task.reporter.image_started()
+        try:
+            drawn = render(served.model, served.prompts, jobs, on_step, save_steps)
+        except Exception as exc:
+            for task, drawing, batch in members:
+                wanted = [job for job in batch if job.index not in task.done]
+                try:
+                    task.failed += fail_or_raise(drawing, wanted, exc)
+                except Exception as error:
+                    task.error = error
+            drawn = None
+        self.progress.called()
+        seconds = (time.perf_counter() - started) / len(jobs)
+        offset = 0
+        for task, drawing, batch in members:
+            if drawn is not None and (
+                not task.stop or (task.stop == "interrupted" and task.keeps_partial)
+            ):
+                wanted = [(offset + k, job) for k, job in enumerate(batch)
+                          if job.index not in task.done]  # fmt: skip
+                try:
+                    task.failed += deliver(drawing, drawn, wanted, seconds)
+                except Exception as error:
+                    task.error = error
+            offset += len(batch)
+        for task in tasks[1:]:
+            with self.lock:
+                self.running.remove(task)
+            self._finish(task)
+
+
+def check_pixels(batch: list[ImageJob], max_pixels: int) -> None:
+    pixels = batch[0]["width"] * batch[0]["height"] * len(batch)
+    if pixels > max_pixels:
+        raise UsageError(
+            f"a pipeline call of {len(batch)} images of {batch[0]['width']}x"
+            f"{batch[0]['height']} is {pixels} pixels, more than the server's --max-pixels "
+            f"{max_pixels}",
+            "draw smaller images or a smaller --batch-size",
+        )

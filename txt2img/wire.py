@@ -1,0 +1,89 @@
+"""What `txt2img --server` and `txt2img serve` say to each other on txt2img's own route.
+
+The client sends its planned jobs as JSON; the server answers with a stream of JSON
+lines, one event each: `info`, `step`, `image` (the PNG's pixels and its record),
+`strip`, `failed`, `error`, `wait` (a heartbeat while queued or loading) and `done`.
+Pure Python, so the client never imports torch or the server's stack.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .errors import UsageError
+from .jobs import ImageJob
+from .options import BY_KEY, MAX_IMAGES, RECORDED_OPTIONS
+from .prompt_syntax import check_prompts
+
+DRAW_ROUTE = "/txt2img/v1/draw"
+HEARTBEAT_SECONDS = 5.0  # the server sends `wait` when it has said nothing for this long
+SILENCE_SECONDS = 60.0  # the client gives up on a server silent this long
+_VALUE_KEYS = tuple(option.key for option in RECORDED_OPTIONS)
+
+
+def event(kind: str, **fields: Any) -> bytes:
+    return (json.dumps({"event": kind, **fields}, ensure_ascii=False) + "\n").encode()
+
+
+def job_json(job: ImageJob) -> dict[str, Any]:
+    return {"index": job.index, "line": job.line, "prompt": job.prompt, "values": job.values}
+
+
+def read_draw_request(body: Any) -> dict[str, Any]:
+    """The checked contents of a draw request: `model` (a name the server lists, or
+    None), `jobs`, `done`, `batch_size`, `keep_going`, `save_steps`, `verbose`. Every
+    value is checked as the command line checks it; a `UsageError` names the first bad
+    one."""
+    if not isinstance(body, dict):
+        raise UsageError("the request is not a JSON object")
+    jobs = body.get("jobs")
+    if not isinstance(jobs, list) or not 0 < len(jobs) <= MAX_IMAGES:
+        raise UsageError(f"jobs must be a list of 1 to {MAX_IMAGES} images")
+    model = body.get("model")
+    if model is not None and (not isinstance(model, str) or not model):
+        raise UsageError("model must be a model's name")
+    done = body.get("done", [])
+    if not isinstance(done, list) or not all(_is_int(index) for index in done):
+        raise UsageError("done must be a list of image indices")
+    options = {key: body.get(key, BY_KEY[key].default)
+               for key in ("batch_size", "keep_going", "save_steps", "verbose")}  # fmt: skip
+    for key, kind in (("batch_size", int), ("save_steps", int), ("keep_going", bool),
+                      ("verbose", bool)):  # fmt: skip
+        value = options[key]
+        if value is not None and not (isinstance(value, kind) and (kind is bool or _is_int(value))):
+            raise UsageError(f"{key} must be a {kind.__name__}")
+        BY_KEY[key].validate(value)
+    return {"model": model, "jobs": [_job(item) for item in jobs], "done": set(done), **options}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _job(item: Any) -> ImageJob:
+    if not isinstance(item, dict) or set(item) != {"index", "line", "prompt", "values"}:
+        raise UsageError("each job must have index, line, prompt and values")
+    values = item["values"]
+    if not isinstance(values, dict) or tuple(values) != _VALUE_KEYS:
+        raise UsageError(f"a job's values must be {', '.join(_VALUE_KEYS)}, in that order")
+    if not (_is_int(item["index"]) and _is_int(item["line"]) and isinstance(item["prompt"], str)):
+        raise UsageError("a job's index and line must be integers and its prompt text")
+    for key, value in values.items():
+        option = BY_KEY[key]
+        if value is not None and not _typed(value, option.kind):
+            raise UsageError(f"{option.flag} must be {option.kind.__name__}, got {value!r}")
+        option.validate(value)
+    if values["seed"] is None:
+        raise UsageError("every job needs its seed")
+    BY_KEY["negative_prompt"].validate(item["prompt"])
+    check_prompts(item["prompt"], values["negative_prompt"], values["emphasis"])
+    return ImageJob(item["index"], item["line"], item["prompt"], values)
+
+
+def _typed(value: Any, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return _is_int(value)
+    return isinstance(value, kind)
