@@ -36,10 +36,10 @@ def file_sha256(path: Path, after_header: bool = False) -> str:
     """The file's sha256 (hex), from the cache when the file is unchanged; with
     `after_header`, of what follows a safetensors file's header (A1111's LoRA hash)."""
     path = path.resolve()
-    key, stamp = _key(path, after_header)
     cached = cached_sha256(path, after_header)
     if cached is not None:
         return cached
+    key, stamp = _key(path, after_header)
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         if after_header:

@@ -207,12 +207,8 @@ OPTIONS: tuple[Option, ...] = (
            "Default: $TXT2IMG_MODELS_DIR, folders separated by ':'.", Path, repeat=True,
            envvar="TXT2IMG_MODELS_DIR", check=_check_folders),
     Option("model", ("--model", "-m"), "Hugging Face Hub id, local diffusers folder, or "
-           "single-file checkpoint (.safetensors); with --server, a model the server lists "
-           "(default: the server's current one).", default=DEFAULT_MODEL,
+           "single-file checkpoint (.safetensors).", default=DEFAULT_MODEL,
            envvar="TXT2IMG_MODEL"),
-    Option("server", ("--server",), "Draw on a running 'txt2img serve' at this URL "
-           "(http://[USER:PASS@]HOST:PORT) instead of loading the model here; the images are "
-           "written here, as a local run writes them.", envvar="TXT2IMG_SERVER"),
     Option("output_dir", ("--output-dir", "-o"), "Folder for the PNGs.", Path,
            default=Path("outputs")),
     Option("device", ("--device",), "Where to run; auto picks cuda, then mps, then cpu.",

@@ -279,4 +279,3 @@ def info(plan: Plan, records: list[dict[str, Any]]) -> str:
         "styles": [], "job_timestamp": plan.timestamp, "clip_skip": jobs[0]["clip_skip"],
         "is_using_inpainting_conditioning": False, "version": f"txt2img {__version__}",
     })  # fmt: skip
-

@@ -225,7 +225,7 @@ async def _unexpected_response(request: Request, exc: Exception) -> JSONResponse
     return a1111_error(500, first_line(exc), type(exc).__name__)
 
 
-def _a1111_routes(app: FastAPI, service: Service) -> None:  # noqa: C901 (one route each)
+def _a1111_routes(app: FastAPI, service: Service) -> None:
     catalog, models, worker = service.catalog, service.models, service.worker
 
     @app.post("/sdapi/v1/txt2img")
@@ -254,7 +254,8 @@ def _a1111_routes(app: FastAPI, service: Service) -> None:  # noqa: C901 (one ro
         drawn = [sink.images[index] for index in sorted(sink.images)]
         return {
             "images": [base64.b64encode(png).decode() for png, _ in drawn]
-            if body.value("send_images") else [],
+            if body.value("send_images")
+            else [],
             "parameters": a1111.parameters(body, await request.json()),
             "info": a1111.info(plan, [record for _, record in drawn]),
         }

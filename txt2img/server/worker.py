@@ -17,8 +17,8 @@ from typing import Any
 
 from ..errors import UsageError
 from ..generate import (
-    DrawOptions,
     Drawing,
+    DrawOptions,
     Sink,
     deliver,
     fail_or_raise,
@@ -46,7 +46,7 @@ class Task:
     label: str  # for the server's log
     entry: Entry | None  # the model; None: the server's current one
     jobs: list[ImageJob] | None
-    options: DrawOptions = DrawOptions()
+    options: DrawOptions = field(default_factory=DrawOptions)
     sink: Sink | None = None
     reporter: Reporter = field(default_factory=lambda: Reporter(True, 0))
     done: set[int] = field(default_factory=set)  # --resume: indices not to hand over
