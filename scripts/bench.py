@@ -19,6 +19,9 @@ Sections (``--sections``, default all):
 - memory: load time and peak resident memory of the SD 1.5-size fp16 safetensors folder.
 - gpu: on CUDA, SD 1.5 512x512 50 steps and SDXL 1024x1024 30 steps end to end, default
   against ``--fast``, with peak VRAM (reported as not measured when there is no GPU).
+- server: ``--calls`` one-image ``txt2img`` calls, each a cold process, against the same
+  calls with ``--server`` to a running ``txt2img serve``; and 8 concurrent A1111 API
+  requests with ``--max-batch 1`` against ``--max-batch 8``.
 
 The full-size models are built from the published SD 1.5 and SDXL configs shipped in
 ``txt2img/configs`` with random weights (speed does not depend on the values), saved once
@@ -42,6 +45,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,7 +55,7 @@ from txt2img.options import STANDARD  # txt2img's defaults, so every contender d
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINES = ROOT / "scripts" / "baselines"
-SECTIONS = ("startup", "batch", "fidelity", "steps", "memory", "gpu")
+SECTIONS = ("startup", "batch", "fidelity", "steps", "memory", "gpu", "server")
 DEMO_PROMPT = "a red square on a white background"
 BIN = Path(sys.executable).parent
 
@@ -826,6 +830,112 @@ compiled rows show a warm cache's per-process cost in their first step:
 # ------------------------------------------------------------------------------ report
 
 
+def start_server(env: dict[str, str], *options: str) -> tuple[subprocess.Popen, str]:
+    """A `txt2img serve` of the demo model on a free port, and its URL once it listens."""
+    process = subprocess.Popen(
+        txt2img_argv("serve", "-m", "demo", "--port", "0", *options),
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env, cwd=ROOT,
+    )  # fmt: skip
+    for line in process.stderr:
+        if "txt2img serve: serving" in line:
+            url = line.split(" on ", 1)[1].split()[0]
+            threading.Thread(target=lambda: process.stderr.read(), daemon=True).start()
+            return process, url
+    raise RuntimeError(f"txt2img serve did not start (exit code {process.wait()})")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    process.terminate()
+    if process.wait(timeout=120) != 0:
+        raise RuntimeError(f"txt2img serve exited with {process.returncode}")
+
+
+def concurrent_requests(url: str, count: int, steps: int) -> float:
+    """Seconds for `count` one-image A1111 requests sent at once (different seeds)."""
+    import urllib.request
+
+    def request(seed: int) -> None:
+        body = {"prompt": DEMO_PROMPT, "seed": seed, "steps": steps, "width": 64, "height": 64}
+        call = urllib.request.Request(f"{url}/sdapi/v1/txt2img", json.dumps(body).encode(),
+                                      {"Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(call, timeout=600) as answer:
+            if len(json.load(answer)["images"]) != 1:
+                raise RuntimeError("a request came back without its image")
+
+    threads = [threading.Thread(target=request, args=(seed,)) for seed in range(count)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started
+
+
+def server_section(args: argparse.Namespace, env: dict[str, str]) -> str:
+    calls = args.calls
+    log(f"server: {calls} one-image calls, cold and with --server")
+    process, url = start_server(env)
+
+    def each_call(out: Path, *extra: str) -> list[list[str]]:
+        return [txt2img_argv(DEMO_PROMPT, "-m", "demo", "--seed", str(i), "-q", "-o", str(out),
+                             *extra) for i in range(calls)]  # fmt: skip
+
+    contenders = [
+        Contender(f"{calls} x txt2img", each_call, expect_pngs(calls)),
+        Contender(
+            f"{calls} x txt2img --server",
+            lambda out: each_call(out, "--server", url),
+            expect_pngs(calls),
+        ),
+    ]
+    try:
+        compare(contenders, args.runs, env, args.warmup)
+    finally:
+        stop_server(process)
+    cold, served = (median([s.seconds for s in c.samples]) for c in contenders)
+    rows = []
+    for max_batch in (1, 8):
+        log(f"server: 8 concurrent requests, --max-batch {max_batch}")
+        process, url = start_server(env, "--max-batch", str(max_batch), "--queue-size", "16")
+        try:
+            concurrent_requests(url, 8, STANDARD.steps)  # warm-up
+            times = [concurrent_requests(url, 8, STANDARD.steps) for _ in range(args.runs)]
+        finally:
+            stop_server(process)
+        rows.append([f"--max-batch {max_batch}", seconds_cell(times),
+                     f"{8 / median(times):.2f}"])  # fmt: skip
+    return SERVER.format(
+        calls=calls,
+        table=comparison_table(contenders, f"{calls} x txt2img"),
+        speedup=f"{cold / served:.1f}x",
+        verdict="met" if cold / served >= 5 else "NOT met",
+        throughput=table(["server", "8 requests, median (min-max)", "images/s"], rows),
+        steps=STANDARD.steps,
+        prompt=DEMO_PROMPT,
+    )
+
+
+SERVER = """\
+## 7. Server
+
+{calls} one-image calls with the demo model (`"{prompt}"`, {steps} steps, fp32 on the CPU,
+seeds 0, 1, ...), one after another as a shell loop makes them: each a new `txt2img`
+process that imports torch and loads the model, against the same calls with `--server` to
+a `txt2img serve -m demo` started once before them (its start-up, paid once, is not in the
+times). A `--server` call imports no torch; it sends its jobs and writes the PNGs itself.
+
+{table}
+
+`--server` against cold calls: **{speedup}** faster (goal: at least 5x: {verdict}).
+
+8 A1111 API requests sent at once (64x64, {steps} steps, different seeds): each drawn alone
+(`--max-batch 1`, the default) against queued requests with the same settings drawn
+together, up to 8 in one pipeline call (`--max-batch 8`).
+
+{throughput}
+"""
+
+
 def machine() -> str:
     import diffusers
     import torch
@@ -878,6 +988,7 @@ RUNNERS = {
     "steps": steps_section,
     "memory": memory_section,
     "gpu": gpu_section,
+    "server": server_section,
 }
 
 
@@ -903,6 +1014,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sdxl-runs", type=int, default=2, help="timed runs of SDXL-size ones")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--prompts", type=int, default=20, help="prompts in the batch")
+    parser.add_argument("--calls", type=int, default=20, help="one-image calls (server)")
     parser.add_argument("--sd15-steps", type=int, default=3)
     parser.add_argument("--sdxl-steps", type=int, default=3)
     parser.add_argument(

@@ -18,7 +18,7 @@ from PIL import Image
 
 from txt2img.errors import ExitCode
 
-HEAVY = ("torch", "diffusers", "transformers")
+HEAVY = ("torch", "diffusers", "transformers", "fastapi", "uvicorn")
 
 
 def txt2img(*args, **kwargs) -> subprocess.CompletedProcess:
@@ -48,6 +48,10 @@ def test_help_and_argument_errors_do_not_import_torch():
     assert heavy_modules_after(["txt2img", "--help"]) == []
     assert heavy_modules_after(["txt2img", "fox", "--width", "7"]) == []
     assert heavy_modules_after(["txt2img", "fox", "-m", "./missing-model"]) == []
+    assert heavy_modules_after(["txt2img", "serve", "--help"]) == []
+    assert heavy_modules_after(["txt2img", "serve", "--host", "0.0.0.0"]) == []
+    # A --server run draws nothing here: it never imports torch, reachable server or not.
+    assert heavy_modules_after(["txt2img", "fox", "--server", "http://127.0.0.1:9"]) == []
 
 
 def draw_args(model, out, *extra):

@@ -17,7 +17,15 @@ from typer.core import TyperCommand
 from . import __version__
 from .errors import ExitCode, UsageError, fail, handle_errors
 from .image_settings import print_image_settings
-from .options import OPTIONS, Option, check_prompt
+from .options import (
+    BY_KEY,
+    OPTIONS,
+    SERVE_OPTIONS,
+    SERVE_SHARED,
+    SERVER_SIDE,
+    Option,
+    check_prompt,
+)
 from .prompts import PromptLine, read_prompt_lines
 from .redraw import values_from_image
 from .settings import build_settings
@@ -54,9 +62,10 @@ class DrawCommand(OneLineErrors):
         argv = list(sys.argv[1:] if args is None else args)
         if argv[:1] == ["--"] and len(argv) > 1:  # txt2img -- info -m demo: "info" is the prompt
             argv = [*argv[2:], "--", argv[1]]
-        if argv[:1] == ["info"]:
-            command = typer.main.get_command(info_app)
-            return command.main(argv[1:], *rest, **{**kwargs, "prog_name": "txt2img info"})
+        if argv[:1] in (["info"], ["serve"]):
+            name = argv[0]
+            command = typer.main.get_command(SUBCOMMANDS[name])
+            return command.main(argv[1:], *rest, **{**kwargs, "prog_name": f"txt2img {name}"})
         return super().main(argv, *rest, **kwargs)
 
 
@@ -70,6 +79,8 @@ def _typer_app() -> typer.Typer:
 
 app = _typer_app()
 info_app = _typer_app()
+serve_app = _typer_app()
+SUBCOMMANDS = {"info": info_app, "serve": serve_app}
 
 
 def _show_version(value: bool) -> None:
@@ -127,6 +138,7 @@ def txt2img(ctx: typer.Context, prompt: str | None = None, **values: Any) -> Non
     \b
     Subcommands:
       txt2img info IMAGE...   print the settings images were drawn with
+      txt2img serve           keep a model loaded; serve the A1111 HTTP API
     A prompt that is a subcommand's name is drawn after --: txt2img -- info
     """
     values.pop("version", None)
@@ -134,10 +146,14 @@ def txt2img(ctx: typer.Context, prompt: str | None = None, **values: Any) -> Non
         values = {key: value.value if isinstance(value, Enum) else value
                   for key, value in values.items()}  # fmt: skip
         lora_hashes: dict[str, str] = {}
+        given = {key for key in values if _given(ctx, key)}
+        if values["server"] is not None:
+            check_server_side(given)
+            if "model" not in given and not _given(ctx, "model", "ENVIRONMENT"):
+                values["model"] = None  # the server's current model
         if values["from_image"] is not None:
-            given = {key for key in values if _given(ctx, key)}
             prompt, values, lora_hashes = values_from_image(
-                values["from_image"], prompt, values, given
+                values["from_image"], prompt, values, given, remote=values["server"] is not None
             )
         prompts = read_prompts(prompt, values["prompts_file"])
         settings = build_settings(prompts, values, lora_hashes)
@@ -146,10 +162,22 @@ def txt2img(ctx: typer.Context, prompt: str | None = None, **values: Any) -> Non
         run(settings)
 
 
-def _given(ctx: typer.Context, key: str) -> bool:
-    """Whether the user set an option on the command line."""
+def _given(ctx: typer.Context, key: str, where: str = "COMMANDLINE") -> bool:
+    """Whether the user set an option on the command line (or `where`)."""
     source = ctx.get_parameter_source(key)
-    return source is not None and source.name == "COMMANDLINE"
+    return source is not None and source.name == where
+
+
+def check_server_side(given: set[str]) -> None:
+    """With --server, how a model is loaded is the server's: an option that says it is
+    refused, not dropped. (Their environment variables are the local runs'.)"""
+    for key in SERVER_SIDE:
+        if key in given:
+            raise UsageError(
+                f"{BY_KEY[key].flag} acts where the model is loaded: with --server that is "
+                "the server",
+                "give it to txt2img serve, or leave out --server to draw here",
+            )
 
 
 _CONTEXT = inspect.Parameter(
@@ -191,6 +219,39 @@ def info(
         failed = print_image_settings(images, json_lines)
     if failed:
         raise typer.Exit(ExitCode.USAGE)
+
+
+def serve(**values: Any) -> None:
+    """Keep models loaded and draw for HTTP clients: AUTOMATIC1111's API (/sdapi/v1/...)
+    for its clients, and `txt2img --server URL` for the command line.
+
+    Draws one request at a time, in order of arrival; concurrent A1111 requests with the
+    same settings are drawn in one pipeline call. Ctrl-C or SIGTERM stops it.
+
+    \b
+    Examples:
+      txt2img serve -m stabilityai/sdxl-turbo
+      txt2img serve --host 0.0.0.0 --api-auth alice:s3cret --models-dir ~/models
+    """
+    with handle_errors():
+        values = {key: value.value if isinstance(value, Enum) else value
+                  for key, value in values.items()}  # fmt: skip
+        from .server.config import build_serve_config
+
+        config = build_serve_config(values)
+        from .runner import quiet_libraries
+
+        quiet_libraries(config.load.offline, config.verbose)
+        from .server.app import serve as run_server  # torch, diffusers, fastapi from here on
+
+        run_server(config)
+
+
+serve.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [_parameter(option) for option in (*SERVE_OPTIONS, *(BY_KEY[key] for key in SERVE_SHARED))]
+)
+serve.__annotations__ = {p.name: p.annotation for p in serve.__signature__.parameters.values()}
+serve_app.command(cls=OneLineErrors)(serve)
 
 
 def read_prompts(prompt: str | None, prompts_file: str | None) -> tuple[PromptLine, ...]:

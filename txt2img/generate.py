@@ -27,16 +27,16 @@ from .errors import (
     is_out_of_memory,
 )
 from .jobs import ImageJob, at_line, batches
-from .metadata import image_record, text_chunks
+from .metadata import image_record
 from .model_source import ModelPlan
 from .models import LoadedModel, open_model
 from .options import BY_KEY
-from .outputs import Results, write_png
+from .outputs import FileSink, Results
 from .pause import pause_at
 from .previews import StepRecorder, recording, strip
 from .progress import Reporter
 from .schedulers import a1111_sampler, build_scheduler
-from .settings import Existing, LoadOptions, Settings
+from .settings import LoadOptions, Settings
 
 
 @dataclass(frozen=True)
@@ -63,36 +63,6 @@ class Sink(Protocol):
     def strip(self, job: ImageJob, sheet: Any, note: str) -> None: ...
     def skipped(self, job: ImageJob) -> None: ...
     def failed(self, job: ImageJob, message: str) -> None: ...
-
-
-class FileSink:
-    """A local run: PNGs written safely into --output-dir, results on stdout."""
-
-    def __init__(self, settings: Settings, taken: set[str], results: Results) -> None:
-        self.settings, self.taken, self.results = settings, taken, results
-
-    def wants_image(self, job: ImageJob) -> bool:
-        """Under --resume an image already there is kept (only its strip was missing)."""
-        return job.file_name not in self.taken or self.settings.existing is Existing.replace
-
-    def image(self, job: ImageJob, image: Any, record: dict[str, Any], seconds: float) -> str:
-        target = self.settings.output_dir / job.file_name
-        replace = self.settings.existing is Existing.replace
-        write_png(image, target, text_chunks(record), replace=replace)
-        self.results.written(target, job, record, seconds)
-        return str(target)
-
-    def strip(self, job: ImageJob, sheet: Any, note: str) -> None:
-        # With --resume the image is being drawn again, so its strip may be replaced too.
-        replace = self.settings.existing is not Existing.refuse
-        write_png(sheet, self.settings.output_dir / job.strip_name, {"txt2img-steps": note},
-                  replace=replace)  # fmt: skip
-
-    def skipped(self, job: ImageJob) -> None:
-        self.results.skipped(self.settings.output_dir / job.file_name, job)
-
-    def failed(self, job: ImageJob, message: str) -> None:
-        self.results.failed(self.settings.output_dir / job.file_name, job, message)
 
 
 @dataclass
@@ -322,8 +292,9 @@ def render(
 
     def step_callback(pipeline: Any, step: int, timestep: Any, tensors: dict) -> dict:
         final["latents"] = tensors["latents"]
+        stop = on_step(step + 1, len(pipeline.scheduler.timesteps))
         pause_at(f"step:{first.index}:{step + 1}")
-        if on_step(step + 1, len(pipeline.scheduler.timesteps)):
+        if stop:
             pipeline._interrupt = True  # diffusers skips the remaining steps
         return tensors
 

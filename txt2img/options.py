@@ -114,6 +114,15 @@ def _check_folders(flag: str, folders: list[str]) -> None:
             raise UsageError(f"{flag} {folder} is not a folder", "give folders that exist")
 
 
+def _check_url(flag: str, url: str | None) -> None:
+    if url is None:
+        return
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() not in ("http", "https") or not rest.strip("/"):
+        raise UsageError(f"{flag} {url!r} is not an http:// URL",
+                         "e.g. --server http://127.0.0.1:7860")  # fmt: skip
+
+
 def _checked_range(low: int, high: int | None) -> Callable[[str, Any], None]:
     return lambda flag, value: check_range(flag, value, low, high)
 
@@ -207,8 +216,13 @@ OPTIONS: tuple[Option, ...] = (
            "Default: $TXT2IMG_MODELS_DIR, folders separated by ':'.", Path, repeat=True,
            envvar="TXT2IMG_MODELS_DIR", check=_check_folders),
     Option("model", ("--model", "-m"), "Hugging Face Hub id, local diffusers folder, or "
-           "single-file checkpoint (.safetensors).", default=DEFAULT_MODEL,
+           "single-file checkpoint (.safetensors). With --server: a model the server "
+           "lists (default: its current one).", default=DEFAULT_MODEL,
            envvar="TXT2IMG_MODEL"),
+    Option("server", ("--server",), "Draw in a running `txt2img serve` at this URL "
+           "(http://[USER:PASS@]HOST:PORT) and write the images here. The options that "
+           "say how to load a model are the server's.", envvar="TXT2IMG_SERVER",
+           check=_check_url),
     Option("output_dir", ("--output-dir", "-o"), "Folder for the PNGs.", Path,
            default=Path("outputs")),
     Option("device", ("--device",), "Where to run; auto picks cuda, then mps, then cpu.",
@@ -283,9 +297,10 @@ SERVE_OPTIONS: tuple[Option, ...] = (
            "http://localhost:3000) whose web pages may call the API; none by default."),
     Option("queue_size", ("--queue-size",), "Requests that may wait for the device; more get "
            "503 with Retry-After.", int, default=16, check=_checked_range(1, 10_000)),
-    Option("max_batch", ("--max-batch",), "Images one pipeline call may draw from concurrent "
-           "A1111 requests with the same settings (1: each request alone).", int, default=4,
-           check=_checked_range(1, 64)),
+    Option("max_batch", ("--max-batch",), "Images one pipeline call may draw from queued "
+           "A1111 requests with the same settings: more images a second on a GPU, but their "
+           "pixels may then differ from drawing each alone by rounding (1: each alone).", int,
+           default=1, check=_checked_range(1, 64)),
     Option("max_pixels", ("--max-pixels",), "Most pixels one pipeline call may draw, width x "
            "height x batch size; larger requests are refused.", int, default=4 * 1024 * 1024,
            check=_checked_range(64, None)),

@@ -11,14 +11,19 @@ import sys
 import unicodedata
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from .errors import OutputError, StdoutClosed
-from .metadata import json_line
+from .metadata import json_line, text_chunks
 from .pause import pause_at
+from .settings import Existing
+
+if TYPE_CHECKING:
+    from .jobs import ImageJob
+    from .settings import Settings
 
 MAX_SLUG_LENGTH = 60
 
@@ -192,3 +197,33 @@ class Results:
     def failed(self, path: Path, job: Any, error: str) -> None:
         if self.json_lines:
             emit(json_line("failed", str(path), job, error=error))
+
+
+class FileSink:
+    """A local run: PNGs written safely into --output-dir, results on stdout."""
+
+    def __init__(self, settings: Settings, taken: set[str], results: Results) -> None:
+        self.settings, self.taken, self.results = settings, taken, results
+
+    def wants_image(self, job: ImageJob) -> bool:
+        """Under --resume an image already there is kept (only its strip was missing)."""
+        return job.file_name not in self.taken or self.settings.existing is Existing.replace
+
+    def image(self, job: ImageJob, image: Any, record: dict[str, Any], seconds: float) -> str:
+        target = self.settings.output_dir / job.file_name
+        replace = self.settings.existing is Existing.replace
+        write_png(image, target, text_chunks(record), replace=replace)
+        self.results.written(target, job, record, seconds)
+        return str(target)
+
+    def strip(self, job: ImageJob, sheet: Any, note: str) -> None:
+        # With --resume the image is being drawn again, so its strip may be replaced too.
+        replace = self.settings.existing is not Existing.refuse
+        write_png(sheet, self.settings.output_dir / job.strip_name, {"txt2img-steps": note},
+                  replace=replace)  # fmt: skip
+
+    def skipped(self, job: ImageJob) -> None:
+        self.results.skipped(self.settings.output_dir / job.file_name, job)
+
+    def failed(self, job: ImageJob, message: str) -> None:
+        self.results.failed(self.settings.output_dir / job.file_name, job, message)

@@ -23,10 +23,13 @@ from .settings import folders
 
 
 def values_from_image(
-    path: Path, prompt: str | None, values: dict[str, Any], given: set[str]
+    path: Path, prompt: str | None, values: dict[str, Any], given: set[str], remote: bool = False
 ) -> tuple[str | None, dict[str, Any], dict[str, str]]:
     """The prompt and option values to draw `path` again with (`given` names the options
-    the user set, which keep their values), and the LoRA hashes it records by name."""
+    the user set, which keep their values), and the LoRA hashes it records by name.
+    `remote` (--server): the server finds the model by the image's Model hash or name,
+    and its LoRA tags by name; files the image names cannot be sent, so such an image
+    is refused."""
     image = read_image_settings(path)
     values = dict(values)
     for key, problem in image.problems.items():
@@ -39,12 +42,30 @@ def values_from_image(
             values[key] = value
     if prompt is None and values["prompts_file"] is None:
         prompt = image.values.get("prompt")
+    if remote:
+        _remote_model(image, values, given)
+        return prompt, values, {}
     if "model" not in given:
         values["model"] = find_model(image, folders(values, "models_dir"))
     _addons_from_image(image, values, given)
     hashes = {a["name"]: a["hash"] for a in image.addons
               if a["kind"] == "lora" and isinstance(a.get("hash"), str)}  # fmt: skip
     return prompt, values, hashes
+
+
+def _remote_model(image: ImageSettings, values: dict[str, Any], given: set[str]) -> None:
+    if "model" not in given:
+        values["model"] = image.model.get("hash") or image.model.get("name") or values["model"]
+    # The server finds a prompt's LoRA tags and embedding words in its own folders; a
+    # VAE or a LoRA loaded by --lora cannot be named to it.
+    tagged = {tag.name for tag in take_lora_tags(str(image.values.get("prompt", "")))[1]}
+    for addon in image.addons:
+        if addon["kind"] == "vae" or (addon["kind"] == "lora" and addon["name"] not in tagged):
+            raise UsageError(
+                f"{image.path} was drawn with the {addon['kind'].upper()} {addon['name']!r}, "
+                "which a server cannot be told to load",
+                "draw it without --server",
+            )
 
 
 def _check_recorded(image: ImageSettings, key: str, value: Any) -> None:

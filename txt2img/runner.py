@@ -13,8 +13,15 @@ from pathlib import Path
 from .addon_folders import embeddings_named, find_lora, folder_index
 from .errors import PartialFailure, Txt2ImgError, UsageError, debug_enabled
 from .jobs import ImageJob, at_line, plan_jobs, process_share, world
-from .model_source import plan_model
-from .outputs import Results, check_stdout, refuse_existing, remove_stale_temporaries, taken_names
+from .model_source import ModelPlan, plan_model
+from .outputs import (
+    FileSink,
+    Results,
+    check_stdout,
+    refuse_existing,
+    remove_stale_temporaries,
+    taken_names,
+)
 from .progress import Reporter
 from .prompt_syntax import take_lora_tags
 from .settings import Existing, Settings
@@ -28,17 +35,7 @@ def run(settings: Settings) -> None:
         )
     check_stdout()
     jobs = plan_jobs(settings)
-    named_loras, named_embeddings = prompt_addons(settings)
-    plan = plan_model(
-        settings.model,
-        allow_pickle=settings.allow_pickle,
-        config=settings.config,
-        vae=settings.vae,
-        loras=settings.loras,
-        embeddings=settings.embeddings,
-        named_loras=named_loras,
-        named_embeddings=named_embeddings,
-    )
+    plan = None if settings.server else local_model(settings)
     jobs = process_share(jobs)
     names = [job.file_name for job in jobs]
     if settings.save_steps:
@@ -62,12 +59,33 @@ def run(settings: Settings) -> None:
     if not to_draw:
         reporter.info(nothing_to_do(settings, len(jobs)))
         return
-    quiet_libraries(settings)
-    from .generate import generate  # torch and diffusers load only from here on
+    if plan is None:
+        from .remote import draw_remotely
 
-    failed = generate(settings, plan, jobs, done, taken, reporter, results)
+        failed = draw_remotely(settings, jobs, done, FileSink(settings, taken, results), reporter)
+    else:
+        quiet_libraries(settings.load.offline, settings.verbose)
+        from .generate import generate  # torch and diffusers load only from here on
+
+        failed = generate(settings, plan, jobs, done, taken, reporter, results)
     if failed:
         raise PartialFailure(f"{failed} of {to_draw} images failed", "see the messages above")
+
+
+def local_model(settings: Settings) -> ModelPlan:
+    """The model and add-ons a local run loads, found before anything is loaded."""
+    assert settings.model is not None
+    named_loras, named_embeddings = prompt_addons(settings)
+    return plan_model(
+        settings.model,
+        allow_pickle=settings.allow_pickle,
+        config=settings.config,
+        vae=settings.vae,
+        loras=settings.loras,
+        embeddings=settings.embeddings,
+        named_loras=named_loras,
+        named_embeddings=named_embeddings,
+    )
 
 
 def prompt_addons(settings: Settings) -> tuple[dict[str, Path], dict[str, Path]]:
@@ -105,14 +123,14 @@ def is_done(settings: Settings, job: ImageJob, taken: set[str]) -> bool:
     return job.file_name in taken and (not settings.save_steps or job.strip_name in taken)
 
 
-def quiet_libraries(settings: Settings) -> None:
+def quiet_libraries(offline: bool, verbose: bool) -> None:
     """stderr carries txt2img's own lines; the libraries' warnings, logs and progress
     bars only with --verbose or TXT2IMG_DEBUG=1. Set before the libraries are imported,
     which read these variables then."""
-    if settings.load.offline:
+    if offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    if settings.verbose or debug_enabled():
+    if verbose or debug_enabled():
         return
     os.environ["TRANSFORMERS_VERBOSITY"] = os.environ["DIFFUSERS_VERBOSITY"] = "critical"
     os.environ["TRANSFORMERS_NO_ADVISORY_WARNINGS"] = "1"

@@ -68,7 +68,7 @@ class Settings:
     prompts: tuple[PromptLine, ...]
     image: dict[str, Any]
     seed_is_random: bool
-    model: str
+    model: str | None  # None only with --server: the server's current model
     output_dir: Path
     load: LoadOptions
     quiet: bool
@@ -85,6 +85,7 @@ class Settings:
     lora_dirs: tuple[Path, ...]  # where <lora:NAME:W> tags are looked up
     embedding_dirs: tuple[Path, ...]  # embeddings used by name in the prompts
     save_steps: int | None  # also write a strip of every N-th step's clean estimate
+    server: str | None = None  # --server: the URL of a `txt2img serve` that draws
     # --from: the LoRA hashes an image records, by tag name, to find renamed files by
     lora_hashes: dict[str, str] = field(default_factory=dict)
 
@@ -109,7 +110,7 @@ def build_settings(
     if seed_is_random:
         image["seed"] = random_seed()
     check_seed_range(image["seed"], image["num_images"])
-    if not values["model"].strip():
+    if values["model"] is not None and not values["model"].strip():
         raise UsageError("--model is empty", "give a Hub id or a local model folder")
     existing = existing_policy(values["resume"], values["overwrite"])
     if existing is Existing.skip and seed_is_random:
@@ -139,6 +140,7 @@ def build_settings(
         lora_dirs=folders(values, "lora_dir"),
         embedding_dirs=folders(values, "embeddings_dir"),
         lora_hashes=dict(lora_hashes or {}),
+        server=values["server"],
     )
     _check_output_dir(settings.output_dir)
     return settings

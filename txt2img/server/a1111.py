@@ -150,7 +150,7 @@ def plan_request(request: Txt2ImgRequest, defaults: dict[str, Any], max_pixels: 
     prompt, negative = request.value("prompt"), request.value("negative_prompt")
     for field, text in (("prompt", prompt), ("negative_prompt", negative)):
         checked(lambda flag, text=text: check_text(flag, text), field)
-    overrides, ignored = settings_overrides(request.value("override_settings"), defaults)
+    overrides, ignored = settings_overrides(request.override_settings or {}, defaults)
     sampler = find_sampler(request.sampler_name or request.value("sampler_index"))
     values = {
         "negative_prompt": negative,

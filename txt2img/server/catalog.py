@@ -70,8 +70,8 @@ class Entry:
 
 
 class Catalog:
-    """-m's model and the checkpoints in --models-dir (safetensors; .ckpt too with
-    --allow-pickle)."""
+    """-m's model, and in --models-dir the diffusers folders (one level down) and the
+    checkpoints (safetensors; .ckpt too with --allow-pickle)."""
 
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
@@ -83,15 +83,18 @@ class Catalog:
         suffixes = (".safetensors", ".ckpt") if self.config.allow_pickle else (".safetensors",)
         found = [self.default]
         for folder in self.config.models_dirs:
-            for path in sorted(folder_index([folder], "--models-dir").values()):
-                if path.suffix.lower() in suffixes and path.resolve() != Path(
-                    self.default.source.location
-                ):
-                    try:
-                        source = locate(str(path), self.config.allow_pickle)
-                    except Txt2ImgError:  # not a checkpoint txt2img can read
-                        continue
-                    found.append(Entry(source, str(path.relative_to(folder))))
+            files = sorted(folder_index([folder], "--models-dir").values())
+            pipelines = sorted(
+                sub for sub in folder.iterdir() if (sub / "model_index.json").is_file()
+            )
+            for path in [*pipelines, *(p for p in files if p.suffix.lower() in suffixes)]:
+                if path.resolve() == Path(self.default.source.location):
+                    continue
+                try:
+                    source = locate(str(path), self.config.allow_pickle)
+                except Txt2ImgError:  # not a model txt2img can read
+                    continue
+                found.append(Entry(source, str(path.relative_to(folder))))
         self.entries = found
 
     def find(self, name: str) -> Entry | None:

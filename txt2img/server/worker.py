@@ -263,6 +263,9 @@ class Worker:
                 task.reporter.step_done(step, steps)
             return all(task.stop for task in tasks)
 
+        if len(tasks) > 1:
+            numbers = ", ".join(str(task.number) for task in tasks)
+            self.log(f"requests {numbers}: {len(jobs)} images drawn in one pipeline call")
         started = time.perf_counter()
         for task in tasks:
             task.reporter.image_started()

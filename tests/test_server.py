@@ -1,0 +1,457 @@
+"""`txt2img serve` as a real process on a free loopback port, driven with the `webuiapi`
+client, raw HTTP and `txt2img --server`: A1111's routes and error shapes, the pixels
+against the command line's, the security rules and limits, and requests in flight
+(interrupt, a client that goes away, SIGTERM, a full queue) at a step the paused server
+announces."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+import pytest
+import requests
+import webuiapi
+from a1111 import parse_generation_parameters
+from addon_files import write_kohya_lora
+from paused import _default_sigint, process_env
+from PIL import Image
+from served import ServerProcess
+
+from txt2img.errors import ExitCode
+
+DEMO = Path(__file__).resolve().parent.parent / "txt2img" / "demo_model"
+SIDE = 64
+STEPS = 4
+USER, PASSWORD = "alice", "s3cret:with colon"
+ORIGIN = "http://localhost:3000"
+# The A1111 request and the command line's options for the same picture.
+REQUEST = {"prompt": "a red circle", "steps": STEPS, "width": SIDE, "height": SIDE,
+           "cfg_scale": 7, "sampler_name": "Euler a"}  # fmt: skip
+LOCAL = ("-m", "demo", "--steps", STEPS, "-W", SIDE, "-H", SIDE, "--guidance", 7,
+         "--scheduler", "euler-a", "-q")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory, models) -> dict[str, Path]:
+    """A models folder with the tiny SD 1.x model; a LoRA folder with a LoRA for the demo
+    model."""
+    root = tmp_path_factory.mktemp("served")
+    shutil.copytree(models["sd1"], root / "models" / "tiny-sd1")
+    write_kohya_lora(DEMO, root / "loras" / "red-style.safetensors", seed=3)
+    return {"models": root / "models", "loras": root / "loras"}
+
+
+@pytest.fixture(scope="module")
+def server(folders):
+    served = ServerProcess(
+        "-m", "demo", "--models-dir", folders["models"], "--lora-dir", folders["loras"],
+        "--max-batch", 4, "--models-memory", 0.001,  # one model at a time
+    )  # fmt: skip
+    yield served
+    assert served.stop() == 0, served.log()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict[int, np.ndarray]:
+    """Seeds 100 to 131 drawn alone (-b 1) by the command line, by seed."""
+    out = tmp_path_factory.mktemp("alone")
+    done = txt2img("a red circle", *LOCAL, "--seed", 100, "-N", 32, "-o", out)
+    assert done.returncode == 0, done.stderr
+    return {int(p.name.split("-")[1]): pixels(p) for p in out.glob("*.png")}
+
+
+def txt2img(*args, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "txt2img", *map(str, args)],
+                          capture_output=True, text=True, timeout=300,
+                          env=process_env(**env))  # fmt: skip
+
+
+def pixels(source) -> np.ndarray:
+    """An image's or a PNG file's RGB values."""
+    if isinstance(source, Image.Image):
+        return np.asarray(source.convert("RGB"), dtype=np.int16)
+    with Image.open(source) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def decoded(text: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(text)))
+
+
+def api(served: ServerProcess, **auth) -> webuiapi.WebUIApi:
+    return webuiapi.WebUIApi(host="127.0.0.1", port=served.port, **auth)
+
+
+def post(served: ServerProcess, route: str, body, **kwargs) -> requests.Response:
+    return requests.post(f"{served.url}/sdapi/v1/{route}", json=body, timeout=120, **kwargs)
+
+
+def raw(served: ServerProcess, method: str, path: str, headers: dict, body: bytes = b""):
+    """A request exactly as written, headers and all: (status, headers, JSON body)."""
+    connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=60)
+    connection.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+    for key, value in headers.items():
+        connection.putheader(key, value)
+    connection.endheaders(body or None)
+    response = connection.getresponse()
+    data = response.read()
+    connection.close()
+    return response.status, dict(response.getheaders()), json.loads(data) if data else None
+
+
+def a1111_shape(answer: dict, detail_part: str) -> None:
+    assert set(answer) == {"error", "detail", "body", "errors"}, answer
+    assert detail_part in answer["detail"], answer
+
+
+# --- The A1111 API, as its clients use it -------------------------------------------------
+
+
+def test_webuiapi_lists_models_samplers_options_and_progress(server):
+    client = api(server)
+    titles = [model["title"] for model in client.get_sd_models()]
+    assert titles[0] == "demo_model" and any("tiny-sd1" in title for title in titles)
+    names = [sampler["name"] for sampler in client.get_samplers()]
+    assert {"Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DDIM"} <= set(names)
+    assert [s["name"] for s in client.get_schedulers()] == ["automatic", "karras"]
+    assert client.util_get_current_model() == "demo_model"
+    progress = client.get_progress()
+    assert progress["state"]["job_count"] == 0 and type(progress["state"]["job_count"]) is int
+    loras = client.get_loras()
+    assert [lora["name"] for lora in loras] == ["red-style"]
+    assert loras[0]["path"] == "red-style.safetensors"  # never the server's own path
+    assert requests.get(f"{server.url}/sdapi/v1/scripts", timeout=60).json() == {
+        "txt2img": [], "img2img": []}  # fmt: skip
+
+
+def test_api_images_equal_the_command_lines(server, tmp_path):
+    """webuiapi's full payload, two images in one call, against `txt2img -b 2`; the PNGs
+    carry A1111's parameters, and png-info reads them back."""
+    result = api(server).txt2img(**REQUEST, seed=5, batch_size=2)
+    done = txt2img("a red circle", *LOCAL, "--seed", 5, "-N", 2, "-b", 2, "-o", tmp_path)
+    assert done.returncode == 0, done.stderr
+    local = sorted(tmp_path.glob("*.png"))
+    assert len(result.images) == 2
+    for image, path in zip(result.images, local, strict=True):
+        assert np.array_equal(pixels(image), pixels(path))
+    info = result.info
+    assert (info["seed"], info["all_seeds"], info["sampler_name"]) == (5, [5, 6], "Euler a")
+    fields = parse_generation_parameters(info["infotexts"][1])
+    assert (fields["Seed"], fields["Steps"], fields["Sampler"]) == ("6", str(STEPS), "Euler a")
+    assert result.parameters["seed"] == 5 and result.parameters["batch_size"] == 2
+    assert result.images[1].info["parameters"] == info["infotexts"][1]
+    read = api(server).png_info(result.images[1]).json
+    assert read["info"] == info["infotexts"][1] and read["parameters"]["Seed"] == "6"
+
+
+def test_api_draws_a_seed_for_minus_one_and_n_iter_images(server):
+    answer = post(server, "txt2img", {**REQUEST, "seed": -1, "n_iter": 2}).json()
+    info = json.loads(answer["info"])
+    assert len(answer["images"]) == 2 and info["seed"] >= 0
+    assert info["all_seeds"] == [info["seed"], info["seed"] + 1]
+    assert answer["parameters"]["seed"] == -1  # A1111 echoes the request
+
+
+def test_options_switch_the_model_and_ignore_unknown_keys(server):
+    client = api(server)
+    tiny = next(m["title"] for m in client.get_sd_models() if "tiny-sd1" in m["title"])
+    assert post(server, "options", {"sd_model_checkpoint": tiny, "unknown_key": 1}).json() is None
+    assert client.util_get_current_model() == tiny
+    info = post(server, "txt2img", {**REQUEST, "seed": 1}).json()["info"]
+    assert json.loads(info)["sd_model_name"] == "tiny-sd1"
+    server.wait_for(r"unloading demo_model \(--models-memory\)")  # least recently used
+    client.util_set_model("demo_model")
+    assert client.util_get_current_model() == "demo_model"
+    server.wait_for(r"unloading tiny-sd1 \(--models-memory\)")
+    missing = post(server, "options", {"sd_model_checkpoint": "../../etc/passwd"})
+    assert missing.status_code == 404
+    a1111_shape(missing.json(), "not found")
+
+
+def test_a_lora_tag_uses_the_servers_lora_folder(server, folders, tmp_path):
+    prompt = "a red circle <lora:red-style:0.8>"
+    answer = post(server, "txt2img", {**REQUEST, "prompt": prompt, "seed": 3}).json()
+    done = txt2img(prompt, *LOCAL, "--seed", 3, "--lora-dir", folders["loras"], "-o", tmp_path)
+    assert done.returncode == 0, done.stderr
+    (local,) = tmp_path.glob("*.png")
+    assert np.array_equal(pixels(decoded(answer["images"][0])), pixels(local))
+    plain = post(server, "txt2img", {**REQUEST, "seed": 3}).json()
+    assert not np.array_equal(pixels(decoded(plain["images"][0])), pixels(local))
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "detail"),
+    [
+        ({"sampler_name": "Nope"}, 400, "Sampler not found"),
+        ({"steps": 501}, 400, "steps"),
+        ({"width": 60}, 400, "multiple of 8"),
+        ({"batch_size": 17}, 400, "batch_size"),
+        ({"n_iter": 101}, 400, "n_iter"),
+        ({"width": 4096, "height": 4096}, 400, "pixels"),
+        ({"enable_hr": True}, 400, "not supported"),
+        ({"override_settings": {"CLIP_stop_at_last_layers": 99}}, 400, "CLIP_stop"),
+        ({"prompt": "(unclosed:1.2 " + "x" * 20_000}, 400, "characters"),
+    ],
+)
+def test_bad_requests_are_refused_in_a1111s_shape(server, change, status, detail):
+    answer = post(server, "txt2img", {**REQUEST, **change})
+    assert answer.status_code == status
+    a1111_shape(answer.json(), detail)
+
+
+def test_body_errors_and_limits(server):
+    host = {"Host": f"127.0.0.1:{server.port}", "Content-Type": "application/json"}
+    status, _, answer = raw(server, "POST", "/sdapi/v1/txt2img", {**host, "Content-Length": "5"},
+                            b"{bad}")  # fmt: skip
+    assert status == 422 and isinstance(answer["detail"], list)  # FastAPI's, as in A1111
+    status, _, answer = raw(server, "POST", "/sdapi/v1/txt2img",
+                            {**host, "Content-Length": str(65 << 20)})  # fmt: skip
+    assert status == 413
+    a1111_shape(answer, "larger")
+    status, _, answer = raw(server, "POST", "/sdapi/v1/txt2img",
+                            {**host, "Transfer-Encoding": "chunked"}, b"0\r\n\r\n")  # fmt: skip
+    assert status == 411
+    assert requests.post(f"{server.url}/sdapi/v1/img2img", json={}, timeout=60).status_code == 501
+    assert requests.get(f"{server.url}/sdapi/v1/nowhere", timeout=60).json() == {
+        "detail": "Not Found"}  # fmt: skip
+
+
+def test_host_must_be_the_servers_own_and_no_cors_by_default(server):
+    good = {"Host": f"127.0.0.1:{server.port}"}
+    assert raw(server, "GET", "/sdapi/v1/progress", good)[0] == 200
+    assert raw(server, "GET", "/sdapi/v1/progress", {"Host": f"localhost:{server.port}"})[0] == 200
+    status, _, answer = raw(server, "GET", "/sdapi/v1/progress", {"Host": "attacker.example"})
+    assert status == 400
+    a1111_shape(answer, "host")
+    status, headers, _ = raw(server, "GET", "/sdapi/v1/progress", {**good, "Origin": ORIGIN})
+    assert status == 200 and not any(k.lower().startswith("access-control") for k in headers)
+    # Without --api-auth an Authorization header is ignored, empty or not.
+    for value in ("Basic ", "Basic Zm9vOmJhcg=="):
+        assert raw(server, "GET", "/sdapi/v1/progress", {**good, "Authorization": value})[0] == 200
+
+
+def test_eight_clients_at_once_each_get_their_own_images(server, reference):
+    """8 clients, 4 requests each, at once, on a server that merges requests: all
+    answered, each image its seed's, equal to it drawn alone within one level of 255
+    (a merged call rounds differently); the server alive afterwards."""
+    answers: dict[int, dict] = {}
+
+    def client(number: int) -> None:
+        for k in range(4):
+            seed = 100 + 4 * number + k
+            answers[seed] = post(server, "txt2img", {**REQUEST, "seed": seed}).json()
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+    assert sorted(answers) == list(range(100, 132))
+    for seed, answer in answers.items():
+        assert json.loads(answer["info"])["all_seeds"] == [seed]
+        image = decoded(answer["images"][0])
+        assert parse_generation_parameters(image.info["parameters"])["Seed"] == str(seed)
+        assert np.abs(pixels(image) - reference[seed]).max() <= 1, seed
+    assert post(server, "txt2img", {**REQUEST, "seed": 1}).status_code == 200
+
+
+# --- txt2img --server ---------------------------------------------------------------------
+
+
+def test_server_client_writes_the_files_a_local_run_writes(server, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle --seed 7\na blue square --steps 3 -n green\n")
+    common = ("-f", prompts, "-m", "demo", "-W", SIDE, "-H", SIDE, "--steps", STEPS, "--seed", 1,
+              "-q")  # fmt: skip
+    local = txt2img(*common, "-o", tmp_path / "local", "--save-steps", 2)
+    remote = txt2img(*common, "-o", tmp_path / "remote", "--save-steps", 2,
+                     "--server", server.url)  # fmt: skip
+    assert remote.returncode == 0, remote.stderr
+    assert remote.stdout == local.stdout.replace("/local/", "/remote/")
+    names = sorted(p.name for p in (tmp_path / "local").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "remote").iterdir()) and len(names) == 4
+    for name in names:
+        assert (tmp_path / "local" / name).read_bytes() == (tmp_path / "remote" / name).read_bytes()
+    again = txt2img(*common, "-o", tmp_path / "remote", "--server", server.url)
+    assert again.returncode == ExitCode.OUTPUT and "exist" in again.stderr  # no clobbering
+    resumed = txt2img(*common, "-o", tmp_path / "remote", "--resume", "--json",
+                      TXT2IMG_SERVER=server.url)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert [json.loads(line)["status"] for line in resumed.stdout.splitlines()] == ["skipped"] * 2
+    # --from: the server finds the model the image names; the same picture comes back.
+    first = tmp_path / "remote" / names[0]
+    again = txt2img("--from", first, "-q", "-o", tmp_path / "again", "--server", server.url)
+    assert again.returncode == 0, again.stderr
+    assert np.array_equal(pixels(Path(again.stdout.strip())), pixels(first))
+
+
+def test_server_client_errors(server, tmp_path):
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    args = ("a fox", "--seed", 1, "-o", tmp_path)
+    gone = txt2img(*args, "--server", f"http://127.0.0.1:{port}")
+    assert gone.returncode == ExitCode.SERVER and "cannot reach the server" in gone.stderr
+    assert len(gone.stderr.strip().splitlines()) == 1 and "Traceback" not in gone.stderr
+    unknown = txt2img(*args, "-m", "no-such-model", "--server", server.url)
+    assert unknown.returncode == ExitCode.MODEL and "no model named" in unknown.stderr
+    local_only = txt2img(*args, "--lora", "x.safetensors", "--server", server.url)
+    assert local_only.returncode == ExitCode.USAGE and "--lora" in local_only.stderr
+    bad_url = txt2img(*args, "--server", "ftp://example")
+    assert bad_url.returncode == ExitCode.USAGE
+    checked = txt2img(*args, "-m", "demo", "--clip-skip", 9, "--server", server.url)
+    assert checked.returncode == ExitCode.USAGE and "text-encoder layers" in checked.stderr
+    assert not any(tmp_path.iterdir())
+
+
+# --- A paused server with a password: requests in flight ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def guarded():
+    """--api-auth and --cors-allow-origins, a queue of 2, and every pipeline call's
+    first image paused after step 1 until the test lets it go on."""
+    served = ServerProcess("-m", "demo", "--api-auth", f"{USER}:{PASSWORD}",
+                           "--cors-allow-origins", ORIGIN, "--queue-size", 2, "--max-batch", 4,
+                           pause="step:0:1")  # fmt: skip
+    yield served
+    served.stop()
+
+
+AUTH = (USER, PASSWORD)
+
+
+def in_thread(call, *args, **kwargs) -> tuple[threading.Thread, list]:
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(call(*args, **kwargs)))
+    thread.start()
+    return thread, result
+
+
+def job_count(served: ServerProcess) -> int:
+    answer = requests.get(f"{served.url}/sdapi/v1/progress", auth=AUTH, timeout=60).json()
+    return answer["state"]["job_count"]
+
+
+def wait_for_job_count(served: ServerProcess, count: int) -> None:
+    """The server has taken `count` requests (they are queued before they are answered,
+    so this is a condition, not a race)."""
+    while job_count(served) != count:
+        threading.Event().wait(0.05)
+
+
+def test_auth_is_needed_on_every_route_and_cors_names_origins(guarded):
+    url = f"{guarded.url}/sdapi/v1"
+    for route in ("options", "sd-models", "progress", "samplers", "loras"):
+        refused = requests.get(f"{url}/{route}", timeout=60)
+        assert refused.status_code == 401 and refused.headers["WWW-Authenticate"].startswith(
+            "Basic"
+        )
+        a1111_shape(refused.json(), "Not authenticated")
+    wrong = requests.get(f"{url}/options", auth=(USER, "wrong"), timeout=60)
+    assert wrong.status_code == 401
+    a1111_shape(wrong.json(), "Incorrect username or password")
+    assert requests.post(f"{url}/txt2img", json=REQUEST, timeout=60).status_code == 401
+    client = api(guarded, username=USER, password=PASSWORD)
+    assert client.util_get_current_model() == "demo_model"
+    preflight = {"Origin": ORIGIN, "Access-Control-Request-Method": "POST"}
+    allowed = requests.options(f"{url}/txt2img", headers=preflight, timeout=60)
+    assert allowed.headers.get("access-control-allow-origin") == ORIGIN
+    other = requests.options(f"{url}/txt2img", headers={**preflight, "Origin": "http://evil"},
+                             timeout=60)  # fmt: skip
+    assert "access-control-allow-origin" not in other.headers
+
+
+def test_interrupt_a_full_queue_and_merged_requests(guarded, reference):
+    first, answer = in_thread(post, guarded, "txt2img", {**REQUEST, "seed": 100}, auth=AUTH)
+    guarded.wait_for_pause()  # request 1 is drawing
+    progress = requests.get(f"{guarded.url}/sdapi/v1/progress", auth=AUTH, timeout=60).json()
+    assert progress["state"]["job_count"] == 1 and progress["state"]["sampling_step"] == 1
+    queued = [in_thread(post, guarded, "txt2img", {**REQUEST, "seed": s}, auth=AUTH)
+              for s in (101, 102)]  # fmt: skip
+    wait_for_job_count(guarded, 3)
+    full = post(guarded, "txt2img", REQUEST, auth=AUTH)
+    assert full.status_code == 503 and full.headers["Retry-After"].isdigit()
+    a1111_shape(full.json(), "queue is full")
+    assert requests.post(f"{guarded.url}/sdapi/v1/interrupt", auth=AUTH, timeout=60).json() == {}
+    guarded.go_on()
+    first.join(timeout=120)
+    assert answer[0].status_code == 200 and len(answer[0].json()["images"]) == 1
+    guarded.wait_for(r"request 1 \(txt2img\): interrupted")
+    # The two queued requests are drawn in one call, each with its own seed.
+    guarded.wait_for(r"requests \d+, \d+: 2 images drawn in one pipeline call")
+    guarded.wait_for_pause()
+    guarded.go_on()
+    for (thread, result), seed in zip(queued, (101, 102), strict=True):
+        thread.join(timeout=120)
+        image = decoded(result[0].json()["images"][0])
+        assert json.loads(result[0].json()["info"])["all_seeds"] == [seed]
+        assert np.abs(pixels(image) - reference[seed]).max() <= 1
+    assert job_count(guarded) == 0
+
+
+def test_a_client_that_goes_away_has_its_job_cancelled(guarded, tmp_path):
+    body = json.dumps({**REQUEST, "seed": 1}).encode()
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    with socket.create_connection(("127.0.0.1", guarded.port)) as sock:
+        sock.sendall(b"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Type: application/json\r\nAuthorization: Basic "
+                     + token.encode() + b"\r\nContent-Length: " + str(len(body)).encode()
+                     + b"\r\n\r\n" + body)  # fmt: skip
+        guarded.wait_for_pause()
+    guarded.wait_for(r"\(txt2img\): the client went away; cancelled")
+    guarded.go_on()
+    wait_for_job_count(guarded, 0)
+    # A --server run stopped with Ctrl-C: its request is cancelled, no file is left.
+    url = f"http://{USER}:{quote(PASSWORD, safe='')}@127.0.0.1:{guarded.port}"
+    client = subprocess.Popen(
+        [sys.executable, "-m", "txt2img", "a red circle", "--seed", "1", "-W", str(SIDE),
+         "-H", str(SIDE), "-o", str(tmp_path), "--server", url],
+        stderr=subprocess.PIPE, text=True, env=process_env(), preexec_fn=_default_sigint,
+    )  # fmt: skip
+    guarded.wait_for_pause()
+    client.send_signal(signal.SIGINT)
+    stderr = client.communicate(timeout=120)[1]
+    assert client.returncode == ExitCode.INTERRUPTED, stderr
+    guarded.wait_for(r"--server\): the client went away; cancelled")
+    guarded.go_on()
+    wait_for_job_count(guarded, 0)
+    assert not any(tmp_path.iterdir())
+    assert job_count(guarded) == 0
+
+
+def test_sigterm_mid_job_answers_and_exits_cleanly(guarded):
+    request, answer = in_thread(post, guarded, "txt2img", {**REQUEST, "seed": 1}, auth=AUTH)
+    guarded.wait_for_pause()
+    guarded.process.send_signal(signal.SIGTERM)
+    guarded.wait_for("SIGTERM: finishing")
+    guarded.go_on()
+    request.join(timeout=120)
+    assert answer[0].status_code == 503
+    a1111_shape(answer[0].json(), "shutting down")
+    assert guarded.process.wait(timeout=120) == 0
+    guarded.wait_for("txt2img serve: stopped")
+
+
+# --- Starting ---------------------------------------------------------------------------
+
+
+def test_serve_refuses_a_network_address_without_a_password():
+    done = txt2img("serve", "--host", "0.0.0.0", "-m", "demo")
+    assert done.returncode == ExitCode.USAGE and "--api-auth" in done.stderr
+    bad = txt2img("serve", "--api-auth", "nopassword")
+    assert bad.returncode == ExitCode.USAGE and "USER:PASS" in bad.stderr
+    star = txt2img("serve", "--cors-allow-origins", "*")
+    assert star.returncode == ExitCode.USAGE

@@ -1,0 +1,195 @@
+"""`txt2img --server URL`: a run's images drawn by a running `txt2img serve`, written
+here by the same code as a local run's (`outputs.FileSink`).
+
+The standard library and txt2img's pure-Python modules only: a --server run never
+imports torch. The protocol is in `wire.py`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+from .errors import RemoteError, ServerError
+from .jobs import ImageJob
+from .outputs import FileSink
+from .progress import Reporter
+from .settings import Settings
+from .wire import DRAW_ROUTE, SILENCE_SECONDS, job_json
+
+SERVER_HINT = "start one with txt2img serve, or check --server / $TXT2IMG_SERVER"
+
+
+@dataclass(frozen=True)
+class Server:
+    """A --server URL, split into where to connect and the Basic credentials it holds."""
+
+    base: str  # scheme://host:port/prefix, without credentials
+    authorization: str | None
+
+    @classmethod
+    def parse(cls, url: str) -> Server:
+        parts = urllib.parse.urlsplit(url.rstrip("/"))
+        if not parts.hostname:
+            raise ServerError(f"--server {url!r} names no host", "e.g. http://127.0.0.1:7860")
+        netloc = parts.netloc.rpartition("@")[2]
+        base = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+        authorization = None
+        if parts.username is not None:
+            user = urllib.parse.unquote(parts.username)
+            password = urllib.parse.unquote(parts.password or "")
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            authorization = f"Basic {token}"
+        return cls(base, authorization)
+
+
+def draw_remotely(
+    settings: Settings, jobs: list[ImageJob], done: set[int], sink: FileSink, reporter: Reporter
+) -> int:
+    """Send the jobs not in `done` to the server, write each image it sends back as it
+    arrives; return how many failed (only with --keep-going)."""
+    assert settings.server is not None
+    server = Server.parse(settings.server)
+    body = {
+        "model": settings.model, "jobs": [job_json(job) for job in jobs], "done": sorted(done),
+        "batch_size": settings.batch_size, "keep_going": settings.keep_going,
+        "save_steps": settings.save_steps, "verbose": settings.verbose,
+    }  # fmt: skip
+    headers = {"Content-Type": "application/json", "Accept": "application/x-ndjson"}
+    if server.authorization:
+        headers["Authorization"] = server.authorization
+    request = urllib.request.Request(
+        server.base + DRAW_ROUTE, data=json.dumps(body).encode(), headers=headers, method="POST"
+    )
+    response = connect(request, server)
+    reader = EventReader({job.index: job for job in jobs}, sink, reporter)
+    reporter.start()
+    try:
+        with response:  # closed early (Ctrl-C, an error here) the server cancels the run
+            return reader.read(response, server)
+    finally:
+        reporter.stop()
+
+
+def connect(request: urllib.request.Request, server: Server) -> Any:
+    try:
+        return urllib.request.urlopen(request, timeout=SILENCE_SECONDS)
+    except urllib.error.HTTPError as exc:
+        raise refusal(exc, server) from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        reason = getattr(reason, "strerror", None) or reason
+        message = f"cannot reach the server at {server.base}: {reason}"
+        raise ServerError(message, SERVER_HINT) from None
+
+
+def refusal(exc: urllib.error.HTTPError, server: Server) -> Exception:
+    """The server's answer to a request it refused, as the error a local run gives."""
+    if exc.code == 401:
+        return ServerError(
+            f"the server at {server.base} wants a user name and password",
+            "put them in the URL: --server http://USER:PASS@HOST:PORT",
+        )
+    try:
+        answer = json.loads(exc.read(1 << 20))
+    except (ValueError, OSError):
+        answer = {}
+    if not isinstance(answer, dict):
+        answer = {}
+    if isinstance(answer.get("exit_code"), int) and isinstance(answer.get("message"), str):
+        return RemoteError(answer["message"], str(answer.get("hint") or ""), answer["exit_code"])
+    detail = answer.get("detail") if isinstance(answer.get("detail"), str) else exc.reason
+    hint = "is it txt2img serve? (it has no txt2img route)" if exc.code == 404 else SERVER_HINT
+    return ServerError(f"the server at {server.base} answered {exc.code}: {detail}", hint)
+
+
+class EventReader:
+    """The server's stream of events, acted on one line at a time."""
+
+    def __init__(self, jobs: dict[int, ImageJob], sink: FileSink, reporter: Reporter) -> None:
+        self.jobs, self.sink, self.reporter = jobs, sink, reporter
+
+    def read(self, response: Any, server: Server) -> int:
+        try:
+            for line in response:
+                result = self.act(self.decode(line))
+                if result is not None:
+                    return result
+        except TimeoutError:
+            raise ServerError(
+                f"the server at {server.base} said nothing for {SILENCE_SECONDS:.0f} s",
+                "see the server's log",
+            ) from None
+        except (ConnectionError, OSError) as exc:
+            if isinstance(exc, ServerError):
+                raise
+            raise ServerError(f"the connection to the server broke: {exc}", SERVER_HINT) from None
+        raise ServerError("the server closed the connection before the run ended",
+                          "see the server's log")  # fmt: skip
+
+    @staticmethod
+    def decode(line: bytes) -> dict[str, Any]:
+        try:
+            item = json.loads(line)
+        except ValueError:
+            item = None
+        if not isinstance(item, dict) or not isinstance(item.get("event"), str):
+            raise ServerError("the server sent something that is not txt2img's protocol",
+                              "is the URL a txt2img serve of the same version?")  # fmt: skip
+        return item
+
+    def act(self, item: dict[str, Any]) -> int | None:
+        """Act on one event; the run's count of failed images once it is over."""
+        kind = item["event"]
+        try:
+            if kind == "info":
+                self.reporter.info(str(item["message"]))
+            elif kind == "step":
+                if item["step"] == 1:
+                    self.reporter.image_started()
+                self.reporter.step_done(int(item["step"]), int(item["steps"]))
+            elif kind == "image":
+                self.image(self.jobs[item["index"]], item)
+            elif kind == "strip":
+                self.sink.strip(self.jobs[item["index"]], png(item["png"]), str(item["note"]))
+            elif kind == "failed":
+                job = self.jobs[item["index"]]
+                self.reporter.failure(f"image {job.index} (line {job.line}, seed {job['seed']}): "
+                                      f"{item['error']}")  # fmt: skip
+                self.sink.failed(job, str(item["error"]))
+            elif kind == "error":
+                raise RemoteError(str(item["message"]), str(item.get("hint") or ""),
+                                  item.get("exit_code"))  # fmt: skip
+            elif kind == "done":
+                return int(item["failed"])
+        except (KeyError, TypeError, ValueError):
+            message = f"the server sent a {kind!r} event txt2img cannot read"
+            raise ServerError(message, "is the URL a txt2img serve of the same version?") from None
+        return None
+
+    def image(self, job: ImageJob, item: dict[str, Any]) -> None:
+        if not self.sink.wants_image(job):  # --resume: kept; only its strip was missing
+            self.sink.skipped(job)
+            return
+        seconds = float(item["seconds"])
+        where = self.sink.image(job, png(item["png"]), item["record"], seconds)
+        self.reporter.image_done(where, seconds)
+
+
+def png(text: str) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(base64.b64decode(text, validate=True)))
+        image.load()
+    except (binascii.Error, OSError, Image.DecompressionBombError):
+        raise ServerError("the server sent an image that is not a PNG",
+                          "see the server's log") from None  # fmt: skip
+    return image
