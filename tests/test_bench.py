@@ -49,3 +49,24 @@ def test_bench_writes_startup_and_batch_tables(tmp_path):
             assert ratio == "1.000x"
         assert re.fullmatch(r"[\d,]+ MiB", rss) and int(rss[:-4].replace(",", "")) > 10
     assert re.search(r"txt2img against the hand-written loop: \*\*[+-]\d+\.\d%\*\*", report)
+
+
+def test_bench_writes_the_server_tables(tmp_path):
+    out = tmp_path / "BENCHMARKS.md"
+    argv = ["--sections", "server", "--runs", "1", "--warmup", "0", "--calls", "2",
+            "--out", str(out)]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), *argv],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    report = out.read_text()
+    for name in ("2 x txt2img", "2 x txt2img --server"):
+        _, seconds, ratio, _ = row(report, name)
+        assert re.fullmatch(SECONDS, seconds) and re.fullmatch(r"\d+\.\d{3}x", ratio)
+    for name in ("--max-batch 1", "--max-batch 8"):
+        _, seconds, rate = row(report, name)
+        assert re.fullmatch(SECONDS, seconds) and re.fullmatch(r"\d+\.\d{2}", rate)
+    assert re.search(r"`--server` against cold calls: \*\*\d+\.\dx\*\* faster", report)

@@ -125,15 +125,21 @@ def test_webuiapi_lists_models_samplers_options_and_progress(server):
     assert titles[0] == "demo_model" and any("tiny-sd1" in title for title in titles)
     names = [sampler["name"] for sampler in client.get_samplers()]
     assert {"Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DDIM"} <= set(names)
-    assert [s["name"] for s in client.get_schedulers()] == ["automatic", "karras"]
+    assert [s["name"] for s in client.get_schedulers()] == ["automatic", "uniform", "karras"]
     assert client.util_get_current_model() == "demo_model"
     progress = client.get_progress()
     assert progress["state"]["job_count"] == 0 and type(progress["state"]["job_count"]) is int
     loras = client.get_loras()
     assert [lora["name"] for lora in loras] == ["red-style"]
     assert loras[0]["path"] == "red-style.safetensors"  # never the server's own path
-    assert requests.get(f"{server.url}/sdapi/v1/scripts", timeout=60).json() == {
-        "txt2img": [], "img2img": []}  # fmt: skip
+    answers = {route: requests.get(f"{server.url}/sdapi/v1/{route}", timeout=60).json()
+               for route in ("scripts", "embeddings", "sd-vae", "upscalers")}  # fmt: skip
+    assert answers["scripts"] == {"txt2img": [], "img2img": []}
+    assert answers["embeddings"] == {"loaded": {}, "skipped": {}}
+    assert answers["sd-vae"] == [] and answers["upscalers"][0]["name"] == "None"
+    for route in ("refresh-checkpoints", "refresh-loras", "refresh-embeddings"):
+        assert post(server, route, {}).status_code == 200
+    assert [lora["name"] for lora in client.get_loras()] == ["red-style"]
 
 
 def test_api_images_equal_the_command_lines(server, tmp_path):
@@ -180,15 +186,17 @@ def test_options_switch_the_model_and_ignore_unknown_keys(server):
     a1111_shape(missing.json(), "not found")
 
 
-def test_a_lora_tag_uses_the_servers_lora_folder(server, folders, tmp_path):
+def test_a_lora_tag_uses_the_servers_lora_folder(server, folders, reference, tmp_path):
     prompt = "a red circle <lora:red-style:0.8>"
-    answer = post(server, "txt2img", {**REQUEST, "prompt": prompt, "seed": 3}).json()
-    done = txt2img(prompt, *LOCAL, "--seed", 3, "--lora-dir", folders["loras"], "-o", tmp_path)
+    answer = post(server, "txt2img", {**REQUEST, "prompt": prompt, "seed": 100}).json()
+    done = txt2img(prompt, *LOCAL, "--seed", 100, "--lora-dir", folders["loras"], "-o", tmp_path)
     assert done.returncode == 0, done.stderr
     (local,) = tmp_path.glob("*.png")
     assert np.array_equal(pixels(decoded(answer["images"][0])), pixels(local))
-    plain = post(server, "txt2img", {**REQUEST, "seed": 3}).json()
-    assert not np.array_equal(pixels(decoded(plain["images"][0])), pixels(local))
+    assert not np.array_equal(pixels(local), reference[100])
+    # The next request without the tag draws without the LoRA again.
+    plain = post(server, "txt2img", {**REQUEST, "seed": 100}).json()
+    assert np.array_equal(pixels(decoded(plain["images"][0])), reference[100])
 
 
 @pytest.mark.parametrize(
@@ -209,6 +217,57 @@ def test_bad_requests_are_refused_in_a1111s_shape(server, change, status, detail
     answer = post(server, "txt2img", {**REQUEST, **change})
     assert answer.status_code == status
     a1111_shape(answer.json(), detail)
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "detail"),
+    [
+        ("options", b'{"CLIP_stop_at_last_layers": Infinity}', "whole number"),
+        ("options", b'{"CLIP_stop_at_last_layers": NaN}', "whole number"),
+        ("options", b'{"emphasis": ["x"]}', "emphasis"),
+        ("txt2img", b'{"override_settings": {"emphasis": {}}}', "emphasis"),
+        ("png-info", b'{"image": "data:xyz"}', "base64"),
+        ("png-info", b'{"image": 5}', "base64"),
+    ],
+)
+def test_odd_values_are_refused_not_crashed_on(server, route, body, detail):
+    answer = requests.post(f"{server.url}/sdapi/v1/{route}", data=body, timeout=60,
+                           headers={"Content-Type": "application/json"})  # fmt: skip
+    assert answer.status_code == 400
+    a1111_shape(answer.json(), detail)
+
+
+def draw_body(**change) -> dict:
+    """A request of txt2img's own route, as `txt2img --server` sends it."""
+    from txt2img.options import RECORDED_OPTIONS
+
+    values = {option.key: option.default for option in RECORDED_OPTIONS}
+    job = {"index": 0, "line": 0, "prompt": "a red circle", "values": {**values, "seed": 1}}
+    return {"model": None, "jobs": [job], "batch_size": 1, **change}
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        ({"jobs": []}, "jobs"),
+        ({"batch_size": None}, "batch_size"),
+        ({"batch_size": 10**9}, "batch_size"),
+        ({"jobs": [draw_body()["jobs"][0]] * 2}, "same index"),
+        ("negative_prompt", "--negative-prompt"),
+        ("guidance", "--guidance"),
+        ("width", "--max-pixels"),
+    ],
+)
+def test_own_route_refuses_bad_requests_with_a_local_exit_code(server, body, detail):
+    if isinstance(body, str):  # one job value made bad
+        bad = {"negative_prompt": None, "guidance": 10**400, "width": 4096}[body]
+        request = draw_body()
+        request["jobs"][0]["values"] |= {body: bad, "height": 4096 if body == "width" else None}
+    else:
+        request = draw_body(**body)
+    answer = requests.post(f"{server.url}/txt2img/v1/draw", json=request, timeout=60)
+    assert answer.status_code == 400 and answer.json()["exit_code"] == ExitCode.USAGE
+    assert detail in answer.json()["message"]
 
 
 def test_body_errors_and_limits(server):
@@ -291,8 +350,10 @@ def test_server_client_writes_the_files_a_local_run_writes(server, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert [json.loads(line)["status"] for line in resumed.stdout.splitlines()] == ["skipped"] * 2
     # --from: the server finds the model the image names; the same picture comes back.
-    first = tmp_path / "remote" / names[0]
-    again = txt2img("--from", first, "-q", "-o", tmp_path / "again", "--server", server.url)
+    first = tmp_path / "remote" / next(n for n in names if not n.endswith("-steps.png"))
+    # (and the local folder variables are not read: a stale one does not matter)
+    again = txt2img("--from", first, "-q", "-o", tmp_path / "again", "--server", server.url,
+                    TXT2IMG_LORA_DIR="/no/such/folder")  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert np.array_equal(pixels(Path(again.stdout.strip())), pixels(first))
 
@@ -309,8 +370,8 @@ def test_server_client_errors(server, tmp_path):
     assert unknown.returncode == ExitCode.MODEL and "no model named" in unknown.stderr
     local_only = txt2img(*args, "--lora", "x.safetensors", "--server", server.url)
     assert local_only.returncode == ExitCode.USAGE and "--lora" in local_only.stderr
-    bad_url = txt2img(*args, "--server", "ftp://example")
-    assert bad_url.returncode == ExitCode.USAGE
+    for url in ("ftp://example", "http://[::1", "http://127.0.0.1:port"):
+        assert txt2img(*args, "--server", url).returncode == ExitCode.USAGE, url
     checked = txt2img(*args, "-m", "demo", "--clip-skip", 9, "--server", server.url)
     assert checked.returncode == ExitCode.USAGE and "text-encoder layers" in checked.stderr
     assert not any(tmp_path.iterdir())
@@ -389,6 +450,8 @@ def test_interrupt_a_full_queue_and_merged_requests(guarded, reference):
     guarded.go_on()
     first.join(timeout=120)
     assert answer[0].status_code == 200 and len(answer[0].json()["images"]) == 1
+    partial = pixels(decoded(answer[0].json()["images"][0]))  # decoded after 2 of 4 steps
+    assert not np.array_equal(partial, reference[100])
     guarded.wait_for(r"request 1 \(txt2img\): interrupted")
     # The two queued requests are drawn in one call, each with its own seed.
     guarded.wait_for(r"requests \d+, \d+: 2 images drawn in one pipeline call")
@@ -400,6 +463,18 @@ def test_interrupt_a_full_queue_and_merged_requests(guarded, reference):
         assert json.loads(result[0].json()["info"])["all_seeds"] == [seed]
         assert np.abs(pixels(image) - reference[seed]).max() <= 1
     assert job_count(guarded) == 0
+
+
+def test_skip_ends_the_call_in_flight_and_draws_the_rest(guarded, reference):
+    body = {**REQUEST, "seed": 110, "n_iter": 2}  # two calls: images 0 and 1
+    request, answer = in_thread(post, guarded, "txt2img", body, auth=AUTH)
+    guarded.wait_for_pause()  # image 0 after step 1
+    assert requests.post(f"{guarded.url}/sdapi/v1/skip", auth=AUTH, timeout=60).json() == {}
+    guarded.go_on()
+    request.join(timeout=120)
+    images = [pixels(decoded(image)) for image in answer[0].json()["images"]]
+    assert len(images) == 2 and not np.array_equal(images[0], reference[110])
+    assert np.array_equal(images[1], reference[111])
 
 
 def test_a_client_that_goes_away_has_its_job_cancelled(guarded, tmp_path):

@@ -149,6 +149,8 @@ def txt2img(ctx: typer.Context, prompt: str | None = None, **values: Any) -> Non
         given = {key for key in values if _given(ctx, key)}
         if values["server"] is not None:
             check_server_side(given)
+            # Their variables (TXT2IMG_LORA_DIR...) are the local runs' business.
+            values.update({key: BY_KEY[key].default for key in SERVER_SIDE})
             if "model" not in given and not _given(ctx, "model", "ENVIRONMENT"):
                 values["model"] = None  # the server's current model
         if values["from_image"] is not None:

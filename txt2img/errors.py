@@ -121,7 +121,7 @@ def first_line(exc: BaseException) -> str:
 
 
 def fail(message: str) -> None:
-    print(f"txt2img: error: {message}", file=sys.stderr, flush=True)
+    say(f"txt2img: error: {message}")
 
 
 OUT_OF_MEMORY_MESSAGE = (
@@ -197,3 +197,11 @@ def _handle_signals() -> dict[int, Any]:
     if threading.current_thread() is not threading.main_thread():
         return {}
     return {signum: signal.signal(signum, _raise_terminated) for signum in _HANDLED_SIGNALS}
+
+
+def say(line: str) -> None:
+    """One line on stderr, in one write: lines from `txt2img serve`'s threads (the web
+    server's and the drawing thread's) never run into each other, as `print`'s two
+    writes (the text, then the newline) can."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()

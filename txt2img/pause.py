@@ -11,11 +11,12 @@ on the file descriptor named by `TXT2IMG_TEST_PAUSE_FD`, or a signal ends it. Po
 from __future__ import annotations
 
 import os
-import sys
+
+from .errors import say
 
 
 def pause_at(point: str) -> None:
     if os.environ.get("TXT2IMG_TEST_PAUSE") != point:
         return
-    print(f"txt2img: paused at {point}", file=sys.stderr, flush=True)
+    say(f"txt2img: paused at {point}")
     os.read(int(os.environ["TXT2IMG_TEST_PAUSE_FD"]), 1)

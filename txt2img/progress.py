@@ -24,6 +24,8 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from .errors import say
+
 
 class RateColumn(ProgressColumn):
     """Images (or steps) per second."""
@@ -56,7 +58,7 @@ class Reporter:
         if self._progress is not None:
             self._progress.console.print(message, markup=False, highlight=False)
         else:
-            print(message, file=sys.stderr, flush=True)
+            say(message)
 
     def start(self) -> None:
         self.started = time.monotonic()
@@ -97,7 +99,7 @@ class Reporter:
         if self._progress is not None:
             self._progress.console.print(line, markup=False, highlight=False)
         else:
-            print(line, file=sys.stderr, flush=True)
+            say(line)
 
     def _count_image(self) -> None:
         self.done += 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import http.client
 import io
 import json
 import urllib.error
@@ -19,7 +20,7 @@ from typing import Any
 
 from PIL import Image
 
-from .errors import RemoteError, ServerError
+from .errors import RemoteError, ServerError, UsageError
 from .jobs import ImageJob
 from .outputs import FileSink
 from .progress import Reporter
@@ -27,6 +28,7 @@ from .settings import Settings
 from .wire import DRAW_ROUTE, SILENCE_SECONDS, job_json
 
 SERVER_HINT = "start one with txt2img serve, or check --server / $TXT2IMG_SERVER"
+EXAMPLE = "e.g. --server http://127.0.0.1:7860"
 
 
 @dataclass(frozen=True)
@@ -38,11 +40,15 @@ class Server:
 
     @classmethod
     def parse(cls, url: str) -> Server:
-        parts = urllib.parse.urlsplit(url.rstrip("/"))
+        try:
+            parts = urllib.parse.urlsplit(url)
+            parts.port  # noqa: B018 (a port that is not a number raises here)
+        except ValueError as exc:
+            raise UsageError(f"--server {url!r} is not a URL: {exc}", EXAMPLE) from None
         if not parts.hostname:
-            raise ServerError(f"--server {url!r} names no host", "e.g. http://127.0.0.1:7860")
+            raise UsageError(f"--server {url!r} names no host", EXAMPLE)
         netloc = parts.netloc.rpartition("@")[2]
-        base = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+        base = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
         authorization = None
         if parts.username is not None:
             user = urllib.parse.unquote(parts.username)
@@ -85,7 +91,10 @@ def connect(request: urllib.request.Request, server: Server) -> Any:
         return urllib.request.urlopen(request, timeout=SILENCE_SECONDS)
     except urllib.error.HTTPError as exc:
         raise refusal(exc, server) from None
-    except (urllib.error.URLError, OSError) as exc:
+    except http.client.HTTPException as exc:
+        message = f"the server at {server.base} does not speak HTTP: {type(exc).__name__}"
+        raise ServerError(message, SERVER_HINT) from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         reason = getattr(reason, "strerror", None) or reason
         message = f"cannot reach the server at {server.base}: {reason}"
@@ -108,7 +117,9 @@ def refusal(exc: urllib.error.HTTPError, server: Server) -> Exception:
     if isinstance(answer.get("exit_code"), int) and isinstance(answer.get("message"), str):
         return RemoteError(answer["message"], str(answer.get("hint") or ""), answer["exit_code"])
     detail = answer.get("detail") if isinstance(answer.get("detail"), str) else exc.reason
-    hint = "is it txt2img serve? (it has no txt2img route)" if exc.code == 404 else SERVER_HINT
+    hints = {404: "is it txt2img serve? (it has no txt2img route)",
+             503: "the server is busy or stopping; try again later"}  # fmt: skip
+    hint = hints.get(exc.code, "see the server's log")
     return ServerError(f"the server at {server.base} answered {exc.code}: {detail}", hint)
 
 
@@ -129,9 +140,7 @@ class EventReader:
                 f"the server at {server.base} said nothing for {SILENCE_SECONDS:.0f} s",
                 "see the server's log",
             ) from None
-        except (ConnectionError, OSError) as exc:
-            if isinstance(exc, ServerError):
-                raise
+        except (ConnectionError, OSError, http.client.HTTPException) as exc:
             raise ServerError(f"the connection to the server broke: {exc}", SERVER_HINT) from None
         raise ServerError("the server closed the connection before the run ended",
                           "see the server's log")  # fmt: skip

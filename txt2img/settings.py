@@ -137,8 +137,9 @@ def build_settings(
         loras=tuple(parse_lora(value) for value in values["lora"] or ()),
         embeddings=tuple(split_suffix(v, "--embedding") for v in values["embedding"] or ()),
         save_steps=values["save_steps"],
-        lora_dirs=folders(values, "lora_dir"),
-        embedding_dirs=folders(values, "embeddings_dir"),
+        # With --server the server's folders count; the variables here are not read.
+        lora_dirs=folders(values, "lora_dir") if values["server"] is None else (),
+        embedding_dirs=folders(values, "embeddings_dir") if values["server"] is None else (),
         lora_hashes=dict(lora_hashes or {}),
         server=values["server"],
     )

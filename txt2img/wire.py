@@ -12,8 +12,8 @@ import json
 from typing import Any
 
 from .errors import UsageError
-from .jobs import ImageJob
-from .options import BY_KEY, MAX_IMAGES, RECORDED_OPTIONS
+from .jobs import ImageJob, batches
+from .options import BY_KEY, MAX_IMAGES, RECORDED_OPTIONS, check_range
 from .prompt_syntax import check_prompts
 
 DRAW_ROUTE = "/txt2img/v1/draw"
@@ -30,11 +30,11 @@ def job_json(job: ImageJob) -> dict[str, Any]:
     return {"index": job.index, "line": job.line, "prompt": job.prompt, "values": job.values}
 
 
-def read_draw_request(body: Any) -> dict[str, Any]:
+def read_draw_request(body: Any, max_pixels: int) -> dict[str, Any]:
     """The checked contents of a draw request: `model` (a name the server lists, or
     None), `jobs`, `done`, `batch_size`, `keep_going`, `save_steps`, `verbose`. Every
-    value is checked as the command line checks it; a `UsageError` names the first bad
-    one."""
+    value is checked as the command line checks it, and pipeline calls of more than
+    `max_pixels` are refused; a `UsageError` names the first bad one."""
     if not isinstance(body, dict):
         raise UsageError("the request is not a JSON object")
     jobs = body.get("jobs")
@@ -51,10 +51,29 @@ def read_draw_request(body: Any) -> dict[str, Any]:
     for key, kind in (("batch_size", int), ("save_steps", int), ("keep_going", bool),
                       ("verbose", bool)):  # fmt: skip
         value = options[key]
-        if value is not None and not (isinstance(value, kind) and (kind is bool or _is_int(value))):
+        if (value is not None or key != "save_steps") and not _typed(value, kind):
             raise UsageError(f"{key} must be a {kind.__name__}")
         BY_KEY[key].validate(value)
-    return {"model": model, "jobs": [_job(item) for item in jobs], "done": set(done), **options}
+    check_range("batch_size", options["batch_size"], 1, MAX_IMAGES)
+    checked = [_job(item) for item in jobs]
+    if len({job.index for job in checked}) != len(checked):
+        raise UsageError("two jobs have the same index")
+    for batch in batches(checked, options["batch_size"]):
+        check_pixels(batch, max_pixels)
+    return {"model": model, "jobs": checked, "done": set(done), **options}
+
+
+def check_pixels(batch: list[ImageJob], max_pixels: int) -> None:
+    """A pipeline call of width x height x images over `max_pixels` is refused (a size
+    left to the model's default is checked once the model is known)."""
+    width, height = batch[0]["width"], batch[0]["height"]
+    if width is None or height is None or width * height * len(batch) <= max_pixels:
+        return
+    raise UsageError(
+        f"a pipeline call of {len(batch)} images of {width}x{height} is "
+        f"{width * height * len(batch)} pixels, more than the server's --max-pixels {max_pixels}",
+        "draw smaller images or a smaller --batch-size",
+    )
 
 
 def _is_int(value: Any) -> bool:
@@ -71,6 +90,8 @@ def _job(item: Any) -> ImageJob:
         raise UsageError("a job's index and line must be integers and its prompt text")
     for key, value in values.items():
         option = BY_KEY[key]
+        if value is None and option.default is not None:
+            raise UsageError(f"{option.flag} must be given, got null")
         if value is not None and not _typed(value, option.kind):
             raise UsageError(f"{option.flag} must be {option.kind.__name__}, got {value!r}")
         option.validate(value)
@@ -82,8 +103,10 @@ def _job(item: Any) -> ImageJob:
 
 
 def _typed(value: Any, kind: type) -> bool:
-    if kind is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is float:  # a JSON integer too, if a float can hold it
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        return isinstance(value, float) or abs(value) < 2**1000
     if kind is int:
         return _is_int(value)
     return isinstance(value, kind)

@@ -42,10 +42,17 @@ class Sampler:
     aliases: tuple[str, ...]
     scheduler: str  # txt2img's --scheduler
     karras: str | None = None  # its --scheduler with the Karras schedule, where it has one
+    karras_by_default: bool = False  # A1111 1.9+: "Automatic" is Karras for this sampler
 
 
 SAMPLERS = (
-    Sampler("DPM++ 2M", ("k_dpmpp_2m", "dpmpp_2m"), "dpm++2m", karras="dpm++2m-karras"),
+    Sampler(
+        "DPM++ 2M",
+        ("k_dpmpp_2m", "dpmpp_2m"),
+        "dpm++2m",
+        karras="dpm++2m-karras",
+        karras_by_default=True,
+    ),
     Sampler("DPM++ 2M Karras", ("k_dpmpp_2m_ka",), "dpm++2m-karras", karras="dpm++2m-karras"),
     Sampler("Euler a", ("k_euler_a", "k_euler_ancestral", "euler_a", "euler_ancestral"), "euler-a"),
     Sampler("Euler", ("k_euler", "euler"), "euler"),
@@ -56,7 +63,7 @@ SAMPLERS = (
     Sampler("UniPC", ("unipc",), "unipc"),
     Sampler("LCM", ("k_lcm", "lcm"), "lcm"),
 )
-SCHEDULE_TYPES = (("automatic", "Automatic"), ("karras", "Karras"))
+SCHEDULE_TYPES = (("automatic", "Automatic"), ("uniform", "Uniform"), ("karras", "Karras"))
 # override_settings keys that act on a request; A1111's others are ignored.
 OVERRIDES = ("sd_model_checkpoint", "CLIP_stop_at_last_layers", "emphasis")
 EMPHASIS_BY_NAME = {name: key for key, name in EMPHASIS.items()}
@@ -85,7 +92,9 @@ def find_sampler(name: str) -> Sampler:
 def scheduler_for(sampler: Sampler, schedule: str | None) -> str:
     """txt2img's scheduler for an A1111 sampler and schedule type."""
     wanted = (schedule or "automatic").strip().lower()
-    if wanted == "automatic":
+    if wanted == "automatic" and sampler.karras_by_default:
+        wanted = "karras"
+    if wanted in ("automatic", "uniform"):
         return sampler.scheduler
     if wanted == "karras":
         if sampler.karras is None:
@@ -226,7 +235,7 @@ def settings_overrides(
     """The whitelisted override_settings (the model, Clip skip, emphasis), over the
     server's defaults; and the keys that do not act."""
     values = {**defaults, "model": None}
-    if "sd_model_checkpoint" in overrides:
+    if overrides.get("sd_model_checkpoint") is not None:
         values["model"] = str(overrides["sd_model_checkpoint"])
     if "CLIP_stop_at_last_layers" in overrides:
         values["clip_skip"] = clip_skip_option(overrides["CLIP_stop_at_last_layers"])
@@ -236,7 +245,8 @@ def settings_overrides(
 
 
 def clip_skip_option(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+    whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not whole:
         raise Refusal(400, f"CLIP_stop_at_last_layers must be a whole number, got {value!r}")
     if not 1 <= value <= MAX_CLIP_SKIP:
         raise Refusal(400, f"CLIP_stop_at_last_layers must be between 1 and {MAX_CLIP_SKIP}")
@@ -244,7 +254,7 @@ def clip_skip_option(value: Any) -> int:
 
 
 def emphasis_option(value: Any) -> str:
-    if value not in EMPHASIS_BY_NAME:
+    if not isinstance(value, str) or value not in EMPHASIS_BY_NAME:
         raise Refusal(400, f"emphasis must be one of {', '.join(EMPHASIS_BY_NAME)}")
     return EMPHASIS_BY_NAME[value]
 

@@ -9,7 +9,6 @@ import binascii
 import io
 import signal
 import socket
-import sys
 import time
 import traceback
 from typing import Any
@@ -28,6 +27,7 @@ from ..errors import (
     debug_enabled,
     first_line,
     is_out_of_memory,
+    say,
 )
 from ..generate import DrawOptions
 from ..image_settings import EXIF_IFD, USER_COMMENT, _user_comment, parse_infotext
@@ -47,7 +47,7 @@ RETRY_AFTER_SECONDS = 5
 
 def log(config: ServeConfig, message: str) -> None:
     if not config.quiet:
-        print(f"txt2img serve: {message}", file=sys.stderr, flush=True)
+        say(f"txt2img serve: {message}")
 
 
 def png_bytes(image: Any, chunks: dict[str, str] | None = None) -> bytes:
@@ -232,7 +232,7 @@ def _a1111_routes(app: FastAPI, service: Service) -> None:
     async def txt2img(body: a1111.Txt2ImgRequest, request: Request) -> Any:
         started = time.perf_counter()
         plan = a1111.plan_request(body, service.defaults, service.config.max_pixels)
-        entry = catalog.find(plan.model) if plan.model else None
+        entry = await asyncio.to_thread(catalog.find, plan.model) if plan.model else None
         if plan.model and entry is None:
             service.log(f"sd_model_checkpoint {plan.model!r} is not a model the server lists; "
                         "drawing with the current one (as A1111 does)")  # fmt: skip
@@ -247,7 +247,7 @@ def _a1111_routes(app: FastAPI, service: Service) -> None:
             return None
         service.outcome(task, started)
         if task.error is not None:
-            status = 400 if isinstance(task.error, UsageError) else 500
+            status = 400 if isinstance(task.error, Txt2ImgError) else 500
             raise Refusal(status, error_fields(task.error)["message"], type(task.error).__name__)
         if task.stop == "stopping":
             raise Refusal(503, "the server is shutting down")
@@ -270,7 +270,7 @@ def _a1111_routes(app: FastAPI, service: Service) -> None:
         count = worker.job_count
         return {
             "progress": done if count else 0.0, "eta_relative": left if count else 0.0,
-            "state": {"skipped": False, "interrupted": worker.interrupted,
+            "state": {"skipped": worker.skipped, "interrupted": worker.interrupted,
                       "stopping_generation": False, "job": "txt2img" if count else "",
                       "job_count": count, "job_no": 0, **state},
             "current_image": None, "textinfo": None,
@@ -283,7 +283,7 @@ def _a1111_routes(app: FastAPI, service: Service) -> None:
 
     @app.post("/sdapi/v1/skip")
     async def skip() -> Any:
-        worker.interrupt()
+        worker.skip()
         return {}
 
     @app.get("/sdapi/v1/options")
@@ -300,7 +300,7 @@ def _a1111_routes(app: FastAPI, service: Service) -> None:
         started = time.perf_counter()
         values, _ = a1111.settings_overrides(body, service.defaults)
         if values["model"] is not None:
-            entry = catalog.find(values["model"])
+            entry = await asyncio.to_thread(catalog.find, values["model"])
             if entry is None:
                 raise Refusal(404, f"model {values['model']!r} not found")
             task = Task(f"load {entry.name}", entry, None)
@@ -385,7 +385,7 @@ def read_png_info(image: Any) -> dict[str, Any]:
         raise Refusal(400, "image must be a base64 string")
     if not image.strip():
         return {"info": "", "items": {}, "parameters": {}}
-    data = image.split(",", 1)[1] if image.startswith("data:") else image
+    data = image.partition(",")[2] if image.startswith("data:") else image
     try:
         raw = base64.b64decode(data, validate=True)
         with Image.open(io.BytesIO(raw)) as picture:
@@ -404,12 +404,15 @@ def _own_routes(app: FastAPI, service: Service) -> None:
     async def draw(request: Request) -> Any:
         started = time.perf_counter()
         try:
-            spec = read_draw_request(await request.json())
-        except ValueError:
+            body = await request.json()
+            spec = await asyncio.to_thread(read_draw_request, body, service.config.max_pixels)
+        except (ValueError, RecursionError):
             raise Refusal(400, "the body is not JSON") from None
         except UsageError as exc:
             return JSONResponse({**error_fields(exc), "detail": exc.message}, status_code=400)
-        entry = service.catalog.find(spec["model"]) if spec["model"] else None
+        entry = (
+            await asyncio.to_thread(service.catalog.find, spec["model"]) if spec["model"] else None
+        )
         if spec["model"] and entry is None:
             message = f"the server has no model named {spec['model']!r}"
             return JSONResponse({"message": message, "detail": message, "exit_code": 3,
@@ -512,8 +515,7 @@ class _Uvicorn(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         if not self.should_exit:
-            print(f"txt2img serve: {signal.Signals(sig).name}: finishing", file=sys.stderr,
-                  flush=True)  # fmt: skip
+            say(f"txt2img serve: {signal.Signals(sig).name}: finishing")
             try:
                 asyncio.get_running_loop().call_soon_threadsafe(self.on_exit)
             except RuntimeError:

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import UsageError
 from ..generate import (
     Drawing,
     DrawOptions,
@@ -27,6 +26,7 @@ from ..generate import (
 )
 from ..jobs import ImageJob, batches
 from ..progress import Reporter
+from ..wire import check_pixels
 from .catalog import Entry, LoadedModels, Served
 from .config import ServeConfig
 
@@ -54,6 +54,7 @@ class Task:
     keeps_partial: bool = False  # interrupted: its images so far are still handed over
     on_finish: Callable[[Task], None] = lambda task: None
     stop: str | None = None  # "interrupted", "cancelled" or "stopping"
+    skip_call: bool = False  # A1111's /skip: the call in flight ends, the task goes on
     error: BaseException | None = None
     failed: int = 0
     number: int = 0
@@ -148,6 +149,13 @@ class Worker:
             for task in self.running:
                 task.stop = task.stop or "interrupted"
 
+    def skip(self) -> None:
+        """A1111's /skip: the pipeline call in flight stops at its next step and its
+        images are handed over as they are; the rest of the request is drawn."""
+        with self.lock:
+            for task in self.running:
+                task.skip_call = True
+
     def stop(self) -> None:
         """Take no more work; drop the waiting tasks, stop the running ones."""
         with self.lock:
@@ -165,6 +173,11 @@ class Worker:
         """Tasks waiting or being drawn (A1111's state.job_count: 0 when idle)."""
         with self.lock:
             return len(self.queue) + len(self.running)
+
+    @property
+    def skipped(self) -> bool:
+        with self.lock:
+            return any(task.skip_call for task in self.running)
 
     @property
     def interrupted(self) -> bool:
@@ -261,7 +274,7 @@ class Worker:
             self.progress.stepped(step, steps)
             for task in tasks:
                 task.reporter.step_done(step, steps)
-            return all(task.stop for task in tasks)
+            return all(task.stop or task.skip_call for task in tasks)
 
         if len(tasks) > 1:
             numbers = ", ".join(str(task.number) for task in tasks)
@@ -280,6 +293,8 @@ class Worker:
                     task.error = error
             drawn = None
         self.progress.called()
+        for task in tasks:
+            task.skip_call = False
         seconds = (time.perf_counter() - started) / len(jobs)
         offset = 0
         for task, drawing, batch in members:
@@ -297,14 +312,3 @@ class Worker:
             with self.lock:
                 self.running.remove(task)
             self._finish(task)
-
-
-def check_pixels(batch: list[ImageJob], max_pixels: int) -> None:
-    pixels = batch[0]["width"] * batch[0]["height"] * len(batch)
-    if pixels > max_pixels:
-        raise UsageError(
-            f"a pipeline call of {len(batch)} images of {batch[0]['width']}x"
-            f"{batch[0]['height']} is {pixels} pixels, more than the server's --max-pixels "
-            f"{max_pixels}",
-            "draw smaller images or a smaller --batch-size",
-        )
