@@ -227,8 +227,8 @@ def serve(**values: Any) -> None:
     """Keep models loaded and draw for HTTP clients: AUTOMATIC1111's API (/sdapi/v1/...)
     for its clients, and `txt2img --server URL` for the command line.
 
-    Draws one request at a time, in order of arrival; concurrent A1111 requests with the
-    same settings are drawn in one pipeline call. Ctrl-C or SIGTERM stops it.
+    Draws one request at a time, in order of arrival (with --max-batch, queued A1111
+    requests with the same settings share a pipeline call). Ctrl-C or SIGTERM stops it.
 
     \b
     Examples:
