@@ -543,8 +543,8 @@ def listening_socket(host: str, port: int) -> socket.socket:
 def serve(config: ServeConfig) -> None:
     """Load the default model, listen, and draw until SIGINT or SIGTERM."""
     service = Service(config)
-    service.models.get()
     service.worker.start()
+    service.worker.load_default()
     sock = listening_socket(config.host, config.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
