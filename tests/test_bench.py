@@ -18,19 +18,24 @@ def row(report: str, name: str) -> list[str]:
     return [cell.strip() for cell in line.strip("|").split("|")]
 
 
-def test_bench_writes_startup_and_batch_tables(tmp_path):
+def bench_report(tmp_path: Path, argv: list[str]) -> str:
+    """Run scripts/bench.py with `argv`; the report it wrote to tmp_path/BENCHMARKS.md."""
     out = tmp_path / "BENCHMARKS.md"
-    argv = ["--sections", "startup,batch", "--runs", "1", "--warmup", "0", "--prompts", "2",
-            "--out", str(out)]  # fmt: skip
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench.py"), *argv],
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), *argv, "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert done.returncode == 0, done.stderr
-    report = out.read_text()
-    assert f"`python scripts/bench.py {' '.join(argv)}`" in report
+    return out.read_text()
+
+
+def test_bench_writes_startup_and_batch_tables(tmp_path):
+    argv = ["--sections", "startup,batch", "--runs", "1", "--warmup", "0", "--prompts", "2"]
+    report = bench_report(tmp_path, argv)
+    command = " ".join([*argv, "--out", str(tmp_path / "BENCHMARKS.md")])
+    assert f"`python scripts/bench.py {command}`" in report
     assert "torch 2." in report and "diffusers 0." in report
     for name, reference in [
         ("txt2img --help", "txt2img --help"),
@@ -52,17 +57,8 @@ def test_bench_writes_startup_and_batch_tables(tmp_path):
 
 
 def test_bench_writes_the_server_tables(tmp_path):
-    out = tmp_path / "BENCHMARKS.md"
-    argv = ["--sections", "server", "--runs", "1", "--warmup", "0", "--calls", "2",
-            "--out", str(out)]  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench.py"), *argv],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr
-    report = out.read_text()
+    report = bench_report(tmp_path, ["--sections", "server", "--runs", "1", "--warmup", "0",
+                                     "--calls", "2"])  # fmt: skip
     for name in ("2 x txt2img", "2 x txt2img --server"):
         _, seconds, ratio, _ = row(report, name)
         assert re.fullmatch(SECONDS, seconds) and re.fullmatch(r"\d+\.\d{3}x", ratio)

@@ -11,6 +11,7 @@ Pure Python: no torch, diffusers or typer here.
 from __future__ import annotations
 
 import math
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -115,12 +116,17 @@ def _check_folders(flag: str, folders: list[str]) -> None:
 
 
 def _check_url(flag: str, url: str | None) -> None:
+    """An http(s) URL with a host and, if any, a numeric port."""
     if url is None:
         return
-    scheme, _, rest = url.partition("://")
-    if scheme.lower() not in ("http", "https") or not rest.strip("/"):
-        raise UsageError(f"{flag} {url!r} is not an http:// URL",
-                         "e.g. --server http://127.0.0.1:7860")  # fmt: skip
+    example = "e.g. --server http://127.0.0.1:7860"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 (a port that is not a number raises here)
+    except ValueError as exc:
+        raise UsageError(f"{flag} {url!r} is not a URL: {exc}", example) from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"{flag} {url!r} is not an http:// URL with a host", example)
 
 
 def _checked_range(low: int, high: int | None) -> Callable[[str, Any], None]:

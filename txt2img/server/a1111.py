@@ -21,6 +21,7 @@ from ..jobs import ImageJob
 from ..metadata import infotext
 from ..options import BY_KEY, EMPHASIS, MAX_CLIP_SKIP, MAX_SEED, check_text
 from ..prompt_syntax import check_prompts
+from ..wire import check_pixels
 
 MAX_BATCH_SIZE = 16
 MAX_ITERATIONS = 100
@@ -179,10 +180,6 @@ def plan_request(request: Txt2ImgRequest, defaults: dict[str, Any], max_pixels: 
     batch_size, iterations = request.value("batch_size"), request.value("n_iter")
     check_count("batch_size", batch_size, MAX_BATCH_SIZE)
     check_count("n_iter", iterations, MAX_ITERATIONS)
-    if values["width"] * values["height"] * batch_size > max_pixels:
-        raise Refusal(
-            400, f"width x height x batch_size is more than the server's {max_pixels} pixels"
-        )
     count = batch_size * iterations
     seed = request.value("seed")
     if seed < 0:
@@ -190,6 +187,7 @@ def plan_request(request: Txt2ImgRequest, defaults: dict[str, Any], max_pixels: 
     if seed > MAX_SEED - (count - 1):
         raise Refusal(400, f"seed must be at most {MAX_SEED - (count - 1)}")
     jobs = [ImageJob(k, 0, prompt, {**values, "seed": seed + k}) for k in range(count)]
+    checked(lambda flag: check_pixels(jobs[:batch_size], max_pixels), "width")
     return Plan(
         jobs, batch_size, sampler, overrides["model"], ignored, time.strftime("%Y%m%d%H%M%S")
     )
