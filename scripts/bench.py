@@ -24,7 +24,7 @@ Sections (``--sections``, default all):
   requests with ``--max-batch 1`` against ``--max-batch 8``.
 
 The full-size models are built from the published SD 1.5 and SDXL configs shipped in
-``txt2img/configs`` with random weights (speed does not depend on the values), saved once
+``txt2img/model/configs`` with random weights (speed does not depend on the values), saved once
 as fp16 safetensors under ``--cache``. Nothing is downloaded.
 
 Usage::
@@ -167,7 +167,7 @@ def txt2img_argv(*args: str) -> list[str]:
 
 
 def demo_model() -> str:
-    from txt2img.model_source import DEMO_MODEL
+    from txt2img.model.source import DEMO_MODEL
 
     return str(DEMO_MODEL)
 
@@ -412,7 +412,7 @@ compared pixel by pixel, and read back with the demo model's evaluation measures
 
 
 def build_full_size(family: str, folder: Path) -> Path:
-    """A pipeline folder with the real architecture (txt2img/configs/FAMILY) and random
+    """A pipeline folder with the real architecture (txt2img/model/configs/FAMILY) and random
     fp16 weights, built once."""
     if (folder / "model_index.json").is_file():
         return folder
@@ -420,7 +420,7 @@ def build_full_size(family: str, folder: Path) -> Path:
     import torch
     import transformers
 
-    source = ROOT / "txt2img" / "configs" / family
+    source = ROOT / "txt2img" / "model" / "configs" / family
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     shutil.copytree(source, partial)
@@ -489,8 +489,8 @@ def worker(args: argparse.Namespace) -> None:
 def load_with_txt2img(model: str, device, parts: tuple[str, ...], dtype_name: str):
     """txt2img's own loading path, with exactly the speed-ups in `parts`."""
 
-    from txt2img.model_source import plan_model
-    from txt2img.models import open_model
+    from txt2img.model.load import open_model
+    from txt2img.model.source import plan_model
     from txt2img.settings import Device, Dtype, LoadOptions
 
     options = LoadOptions(device=Device(device.type), dtype=Dtype(dtype_name), safety_checker=False)
@@ -622,7 +622,7 @@ STEP_HEADER = [
 
 
 def steps_section(args: argparse.Namespace, env: dict[str, str]) -> str:
-    from txt2img.fast import FAST_PATH
+    from txt2img.model.fast import FAST_PATH
 
     sd15 = full_size(args, "sd1")
     sdxl = full_size(args, "sdxl")
@@ -751,7 +751,7 @@ def gpu_section(args: argparse.Namespace, env: dict[str, str]) -> str:
 
     if not torch.cuda.is_available():
         return GPU_NONE
-    from txt2img.fast import FAST_PATH
+    from txt2img.model.fast import FAST_PATH
 
     fast = tuple(FAST_PATH["cuda"])
     rows = []

@@ -1,4 +1,4 @@
-"""Write txt2img/configs/: diffusers-format config folders, no weights, for single files.
+"""Write txt2img/model/configs/: diffusers-format config folders, no weights, for single files.
 
 A single-file checkpoint (one `model.safetensors` in the original CompVis/LDM layout, as
 Civitai serves them) holds weights only. diffusers' `from_single_file` gets every config
@@ -36,7 +36,7 @@ from pathlib import Path
 from make_tiny_model import bytes_to_unicode  # the same byte-level symbols
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIG_ROOT = ROOT / "txt2img" / "configs"
+CONFIG_ROOT = ROOT / "txt2img" / "model" / "configs"
 
 # sha256 of the decompressed bpe_simple_vocab_16e6.txt (open-clip-torch 3.3.0, identical to
 # the file in github.com/openai/CLIP): the input the vocabulary is derived from.
@@ -497,7 +497,7 @@ def json_text(data: dict) -> str:
 
 
 def render_json() -> dict[str, bytes]:
-    """Every JSON file, keyed by its path under txt2img/configs/."""
+    """Every JSON file, keyed by its path under txt2img/model/configs/."""
     return {
         f"{folder}/{name}": json_text(data).encode("utf-8")
         for folder, files in CONFIGS.items()

@@ -12,7 +12,7 @@ to show they are right (they should score 100%).
 
 Usage::
 
-    python scripts/eval_demo_model.py --model txt2img/demo_model [--n 200] \
+    python scripts/eval_demo_model.py --model txt2img/model/demo_model [--n 200] \
         [--out docs/DEMO_MODEL.md] [--train-log TRAIN_LOG]
 """
 
@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import demo_data as D
 
-TRAIN_COMMAND = "python scripts/train_demo_model.py --out txt2img/demo_model --seed 0"
+TRAIN_COMMAND = "python scripts/train_demo_model.py --out txt2img/model/demo_model --seed 0"
 
 
 def log(msg: str) -> None:
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
     )
     held_txt = ", ".join(f"{c} {s}" for c, s in D.HELD_OUT)
-    eval_cmd = f"python scripts/eval_demo_model.py --model txt2img/demo_model --n {args.n}"
+    eval_cmd = f"python scripts/eval_demo_model.py --model txt2img/model/demo_model --n {args.n}"
     held_acc = D.score(held_images, held_scenes)
     report = REPORT.format(
         native=native,
@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
 REPORT = """\
 # The offline demo model
 
-`txt2img/demo_model/` is a tiny text-to-image latent diffusion model made of the same parts as
+`txt2img/model/demo_model/` is a tiny text-to-image latent diffusion model made of the same parts as
 Stable Diffusion — a CLIP BPE tokenizer and `CLIPTextModel`, an `AutoencoderKL`, a
 `UNet2DConditionModel` and a diffusers scheduler — saved as a diffusers
 `StableDiffusionPipeline` folder (fp16 safetensors, {size_mb} MB). It was trained from scratch

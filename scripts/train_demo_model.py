@@ -12,7 +12,7 @@ guidance, EMA of the weights), (5) export.
 
 Usage::
 
-    python scripts/train_demo_model.py --out txt2img/demo_model [--seed 0] [--minutes 85]
+    python scripts/train_demo_model.py --out txt2img/model/demo_model [--seed 0] [--minutes 85]
 
 ``--minutes`` caps the wall time of the two training phases (at most a quarter of it for the
 VAE): the step counts are fixed, so on a fast enough machine the result only depends on the

@@ -665,8 +665,8 @@ def test_pickle_named_safetensors_loads_with_the_flag(cli, tmp_path, models, fil
 def test_legacy_pickle_checkpoint_loads_with_the_flag(cli, tmp_path, models):
     from ldm_export import export_single_file
 
-    from txt2img.checkpoints import WeightsFormat
-    from txt2img.models import checkpoint_family
+    from txt2img.model.load import checkpoint_family
+    from txt2img.model.weights import WeightsFormat
 
     checkpoint = export_single_file(models["sd1"], tmp_path / "model.safetensors")
     legacy = tmp_path / "legacy.ckpt"

@@ -1,4 +1,4 @@
-"""The config folders shipped for single-file checkpoints (txt2img/configs/).
+"""The config folders shipped for single-file checkpoints (txt2img/model/configs/).
 
 Each folder must load the way diffusers' `from_single_file(path, config=folder,
 local_files_only=True)` loads it: every config through the class's own `load_config` /
@@ -40,7 +40,7 @@ from transformers import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = ROOT / "txt2img" / "configs"
+CONFIGS = ROOT / "txt2img" / "model" / "configs"
 
 
 import build_configs as build  # noqa: E402  (scripts/ is on sys.path: see conftest.py)

@@ -14,7 +14,7 @@ from demo_data import measure
 from diffusers import DiffusionPipeline
 from PIL import Image
 
-from txt2img import fast
+from txt2img.model import fast
 from txt2img.settings import Dtype, LoadOptions
 
 PROMPTS = [

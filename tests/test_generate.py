@@ -182,7 +182,7 @@ def test_unsupported_pipeline_class_exits_3(cli, tmp_path):
     assert "FluxPipeline" in result.stderr
 
 
-# Written out here independently of txt2img.schedulers, as a diffusers user would.
+# Written out here independently of txt2img.model.schedulers, as a diffusers user would.
 SCHEDULER_RECIPES = {
     "ddim": ("DDIMScheduler", {}, "DDIM"),
     "pndm": ("PNDMScheduler", {"skip_prk_steps": True}, "PLMS"),

@@ -20,8 +20,8 @@ from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusio
 from PIL import Image
 from safetensors.torch import load_file
 
-from txt2img.conditioning import _emphasised
 from txt2img.errors import ExitCode
+from txt2img.prompt.encode import _emphasised
 
 SEED, STEPS, GUIDANCE = 5, 2, 7.5
 R, S = 1.1, 1 / 1.1

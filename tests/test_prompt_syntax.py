@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from txt2img.addon_folders import embeddings_named, find_lora, folder_index
 from txt2img.errors import ModelError, UsageError
-from txt2img.prompt_syntax import (
+from txt2img.model.folders import embeddings_named, find_lora, folder_index
+from txt2img.prompt.syntax import (
     BREAK,
     LoraTag,
     check_prompts,

@@ -10,7 +10,7 @@ import pytest
 
 from txt2img.errors import ExitCode, UsageError
 from txt2img.options import MAX_SIDE, MAX_STEPS
-from txt2img.prompts import PromptLine, read_prompt_lines
+from txt2img.prompt.files import PromptLine, read_prompt_lines
 
 BOM = b"\xef\xbb\xbf"
 
@@ -245,8 +245,8 @@ def test_bad_jsonl_line_names_file_and_line(tmp_path, line, fragments):
 
 
 def test_import_stays_light():
-    code = "import sys, txt2img.prompts; print(*sorted(sys.modules))"
+    code = "import sys, txt2img.prompt.files; print(*sorted(sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     loaded = set(result.stdout.split())
-    assert "txt2img.prompts" in loaded
+    assert "txt2img.prompt.files" in loaded
     assert not loaded & {"torch", "diffusers", "transformers", "PIL", "typer"}

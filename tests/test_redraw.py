@@ -16,9 +16,9 @@ from ldm_export import export_single_file
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from txt2img import hash_cache
 from txt2img.errors import ExitCode, UsageError
-from txt2img.image_settings import parse_infotext, read_image_settings, scheduler_for
+from txt2img.model import hashes
+from txt2img.records.read import parse_infotext, read_image_settings, scheduler_for
 
 A1111_TEXT = (
     "a red fox at dawn,\n(golden light:1.2), <lora:foxStyle:0.8>\n"
@@ -103,19 +103,19 @@ def test_a_file_is_hashed_once_until_it_changes(tmp_path, monkeypatch):
             reads.append(path)
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(hash_cache, "open", counting_open, raising=False)
+    monkeypatch.setattr(hashes, "open", counting_open, raising=False)
     import hashlib
 
     expected = hashlib.sha256(model.read_bytes()).hexdigest()
-    assert hash_cache.model_hash(model) == expected[:10] and len(reads) == 1
-    assert hash_cache.model_hash(model) == expected[:10] and len(reads) == 1  # from the cache
+    assert hashes.model_hash(model) == expected[:10] and len(reads) == 1
+    assert hashes.model_hash(model) == expected[:10] and len(reads) == 1  # from the cache
     other = tmp_path / "other.ckpt"
     other.write_bytes(b"x")
-    hash_cache.file_sha256(other)
+    hashes.file_sha256(other)
     stat = model.stat()
     os.utime(model, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # touched
-    assert hash_cache.model_hash(model) == expected[:10] and len(reads) == 2
-    cached = json.loads(hash_cache.cache_file().read_text())
+    assert hashes.model_hash(model) == expected[:10] and len(reads) == 2
+    cached = json.loads(hashes.cache_file().read_text())
     assert set(cached) == {str(model.resolve()), str(other.resolve())}  # both entries kept
 
 
@@ -234,7 +234,7 @@ def test_an_a1111_image_is_redrawn_with_its_model_found_by_hash(
     cli, tmp_path, models, checkpoint, monkeypatch
 ):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    digest = hash_cache.model_hash(checkpoint)
+    digest = hashes.model_hash(checkpoint)
     image = a1111_png(tmp_path / "a1111.png", (
         "a red fox\nNegative prompt: blurry\nSteps: 2, Sampler: DPM++ 2M, Schedule type: "
         f"Karras, CFG scale: 6, Seed: 5, Size: 64x64, Model hash: {digest}, Model: renamed"
@@ -321,17 +321,17 @@ def test_a_corrupt_hash_cache_is_hashed_around(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     model = tmp_path / "m.safetensors"
     model.write_bytes(b"weights")
-    hash_cache.cache_file().parent.mkdir(parents=True)
-    hash_cache.cache_file().write_text(json.dumps({str(model.resolve()): "x"}))
+    hashes.cache_file().parent.mkdir(parents=True)
+    hashes.cache_file().write_text(json.dumps({str(model.resolve()): "x"}))
     import hashlib
 
-    assert hash_cache.model_hash(model) == hashlib.sha256(b"weights").hexdigest()[:10]
+    assert hashes.model_hash(model) == hashlib.sha256(b"weights").hexdigest()[:10]
 
 
 def test_an_a1111_lora_tag_is_found_by_its_hash_when_the_file_is_renamed(
     cli, tmp_path, models, checkpoint, addon_dir
 ):
-    from txt2img.hash_cache import lora_hash
+    from txt2img.model.hashes import lora_hash
 
     digest = lora_hash(addon_dir / "loras" / "style-a.safetensors")
     image = a1111_png(tmp_path / "civitai.png", (

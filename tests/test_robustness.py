@@ -18,10 +18,10 @@ from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from paused import process_env
 from PIL import Image
 
-from txt2img import generate
+from txt2img import draw as generate
 from txt2img.errors import ExitCode
-from txt2img.metadata import JSON_KEYS
 from txt2img.options import IMAGE_OPTIONS, MAX_IMAGES, MAX_LINE_BYTES, OPTIONS, all_flags
+from txt2img.records.write import JSON_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU_OUT_OF_MEMORY = (
@@ -112,7 +112,7 @@ def test_every_command_line_flag_is_an_option_on_a_prompt_line(tmp_path, flag):
     """A flag on a prompt line is never taken as prompt text: per-image flags apply,
     the others are refused naming the flag."""
     from txt2img.errors import UsageError
-    from txt2img.prompts import read_prompt_lines
+    from txt2img.prompt.files import read_prompt_lines
 
     per_image = {f: option for option in IMAGE_OPTIONS for f in option.flags}
     prompts = tmp_path / "p.txt"
@@ -180,7 +180,7 @@ def test_stale_temporary_files_are_told_by_their_lock(cli, tmp_path, models):
     removed; one that a live writer holds locked is kept, whatever its name says."""
     import fcntl
 
-    from txt2img.outputs import temporary_name
+    from txt2img.outputs.files import temporary_name
 
     out = tmp_path / "out"
     out.mkdir()

@@ -31,7 +31,7 @@ from served import ServerProcess
 
 from txt2img.errors import ExitCode
 
-DEMO = Path(__file__).resolve().parent.parent / "txt2img" / "demo_model"
+DEMO = Path(__file__).resolve().parent.parent / "txt2img" / "model" / "demo_model"
 SIDE = 64
 STEPS = 4
 USER, PASSWORD = "alice", "s3cret:with colon"

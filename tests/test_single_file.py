@@ -11,10 +11,10 @@ from diffusers import StableDiffusionPipeline
 from ldm_export import export_single_file
 from PIL import Image
 
-from txt2img.checkpoints import WeightsFormat
 from txt2img.errors import ExitCode
-from txt2img.model_source import CONFIGS
-from txt2img.models import checkpoint_family
+from txt2img.model.load import checkpoint_family
+from txt2img.model.source import CONFIGS
+from txt2img.model.weights import WeightsFormat
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from typer.core import TyperCommand
 
 from . import __version__
 from .errors import ExitCode, UsageError, fail, handle_errors
-from .image_settings import print_image_settings
 from .options import (
     BY_KEY,
     OPTIONS,
@@ -26,8 +25,9 @@ from .options import (
     Option,
     check_prompt,
 )
-from .prompts import PromptLine, read_prompt_lines
-from .redraw import values_from_image
+from .prompt.files import PromptLine, read_prompt_lines
+from .records.read import print_image_settings
+from .records.redraw import values_from_image
 from .settings import build_settings
 
 
@@ -159,7 +159,7 @@ def txt2img(ctx: typer.Context, prompt: str | None = None, **values: Any) -> Non
             )
         prompts = read_prompts(prompt, values["prompts_file"])
         settings = build_settings(prompts, values, lora_hashes)
-        from .runner import run
+        from .run import run
 
         run(settings)
 
@@ -241,7 +241,7 @@ def serve(**values: Any) -> None:
         from .server.config import build_serve_config
 
         config = build_serve_config(values)
-        from .runner import quiet_libraries
+        from .run import quiet_libraries
 
         quiet_libraries(config.load.offline, config.verbose)
         from .server.app import serve as run_server  # torch, diffusers, fastapi from here on

@@ -11,8 +11,8 @@ from typing import Any
 
 from .errors import Txt2ImgError, UsageError
 from .options import IMAGE_OPTIONS, RECORDED_OPTIONS
-from .outputs import image_file_name
-from .prompt_syntax import LoraTag, check_prompts, take_lora_tags
+from .outputs.files import image_file_name
+from .prompt.syntax import LoraTag, check_prompts, take_lora_tags
 from .settings import Settings, check_image_count, check_seed_range
 
 # Per-image values that decide which jobs may share one pipeline call.

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
-from .schedulers import SCHEDULERS
+from .model.schedulers import SCHEDULERS
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed accepts up to this

@@ -18,7 +18,7 @@ from .errors import OutputError, UsageError
 from .options import BY_KEY, IMAGE_OPTIONS, MAX_IMAGES, MAX_SEED, Device, Dtype
 
 if TYPE_CHECKING:
-    from .prompts import PromptLine
+    from .prompt.files import PromptLine
 
 
 class Existing(StrEnum):

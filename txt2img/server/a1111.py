@@ -18,10 +18,10 @@ from pydantic import BaseModel, ConfigDict
 from .. import __version__
 from ..errors import UsageError
 from ..jobs import ImageJob
-from ..metadata import infotext
 from ..options import BY_KEY, EMPHASIS, MAX_CLIP_SKIP, MAX_SEED, check_text
-from ..prompt_syntax import check_prompts
-from ..wire import check_pixels
+from ..prompt.syntax import check_prompts
+from ..records.write import infotext
+from .wire import check_pixels
 
 MAX_BATCH_SIZE = 16
 MAX_ITERATIONS = 100

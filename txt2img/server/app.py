@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from PIL import Image
 from starlette.middleware.cors import CORSMiddleware
 
+from ..draw import DrawOptions
 from ..errors import (
     OUT_OF_MEMORY_MESSAGE,
     ExitCode,
@@ -29,17 +30,16 @@ from ..errors import (
     is_out_of_memory,
     say,
 )
-from ..generate import DrawOptions
-from ..image_settings import EXIF_IFD, USER_COMMENT, _user_comment, parse_infotext
-from ..metadata import text_chunks
 from ..options import EMPHASIS
-from ..progress import Reporter
-from ..wire import DRAW_ROUTE, HEARTBEAT_SECONDS, event, read_draw_request
+from ..outputs.progress import Reporter
+from ..records.read import EXIF_IFD, USER_COMMENT, _user_comment, parse_infotext
+from ..records.write import text_chunks
 from . import a1111
 from .a1111 import Refusal
 from .catalog import Catalog, LoadedModels
 from .config import ServeConfig
 from .security import Door, a1111_error, own_names
+from .wire import DRAW_ROUTE, HEARTBEAT_SECONDS, event, read_draw_request
 from .worker import QueueFull, Stopping, Task, Worker
 
 RETRY_AFTER_SECONDS = 5

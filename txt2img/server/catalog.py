@@ -14,16 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import hash_cache
-from ..addon_folders import embeddings_named, find_lora, folder_index
-from ..addons import load_embeddings
-from ..conditioning import PromptEncoder
+from ..draw import load_model, model_prompts
 from ..errors import Txt2ImgError
-from ..generate import load_model, model_prompts
 from ..jobs import ImageJob
-from ..model_source import EmbeddingRef, ModelSource, SourceKind, locate, locate_addon, plan_model
-from ..models import LoadedModel
-from ..progress import Reporter
+from ..model import hashes
+from ..model.addons import load_embeddings
+from ..model.folders import embeddings_named, find_lora, folder_index
+from ..model.load import LoadedModel
+from ..model.source import EmbeddingRef, ModelSource, SourceKind, locate, locate_addon, plan_model
+from ..outputs.progress import Reporter
+from ..prompt.encode import PromptEncoder
 from .config import ServeConfig
 
 
@@ -44,7 +44,7 @@ class Entry:
             return None
         path = Path(self.source.location)
         try:
-            return hash_cache.file_sha256(path) if compute else hash_cache.cached_sha256(path)
+            return hashes.file_sha256(path) if compute else hashes.cached_sha256(path)
         except OSError:
             return None
 

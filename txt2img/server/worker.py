@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..generate import (
+from ..draw import (
     Drawing,
     DrawOptions,
     Sink,
@@ -25,10 +25,10 @@ from ..generate import (
     render,
 )
 from ..jobs import ImageJob, batches
-from ..progress import Reporter
-from ..wire import check_pixels
+from ..outputs.progress import Reporter
 from .catalog import Entry, LoadedModels, Served
 from .config import ServeConfig
+from .wire import check_pixels
 
 
 class Stopping(Exception):

@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from .errors import UsageError
+from ..errors import UsageError
 
 ROUND = 1.1  # (x)
 SQUARE = 1 / 1.1  # [x]

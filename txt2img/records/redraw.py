@@ -12,14 +12,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .addon_folders import SUFFIXES, folder_index
-from .errors import ModelError, UsageError
-from .hash_cache import model_hash
-from .image_settings import ImageSettings, read_image_settings
-from .model_source import HUB_ID
-from .options import BY_KEY
-from .prompt_syntax import take_lora_tags
-from .settings import folders
+from ..errors import ModelError, UsageError
+from ..model.folders import SUFFIXES, folder_index
+from ..model.hashes import model_hash
+from ..model.source import HUB_ID
+from ..options import BY_KEY
+from ..prompt.syntax import take_lora_tags
+from ..settings import folders
+from .read import ImageSettings, read_image_settings
 
 
 def values_from_image(

@@ -24,7 +24,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from .errors import say
+from ..errors import say
 
 
 class RateColumn(ProgressColumn):

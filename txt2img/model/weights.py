@@ -18,7 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelError, UnsafeCheckpointError
+from ..errors import ModelError, UnsafeCheckpointError
 
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default container, a zip of pickles
 PICKLE_PROTOCOL_2_PLUS = b"\x80"  # torch.save(_use_new_zipfile_serialization=False)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .errors import UsageError
-from .jobs import ImageJob, batches
-from .options import BY_KEY, MAX_IMAGES, RECORDED_OPTIONS, check_range
-from .prompt_syntax import check_prompts
+from ..errors import UsageError
+from ..jobs import ImageJob, batches
+from ..options import BY_KEY, MAX_IMAGES, RECORDED_OPTIONS, check_range
+from ..prompt.syntax import check_prompts
 
 DRAW_ROUTE = "/txt2img/v1/draw"
 HEARTBEAT_SECONDS = 5.0  # the server sends `wait` when it has said nothing for this long

@@ -14,8 +14,6 @@ import torch
 import transformers
 
 from . import __version__
-from .addons import AddOn
-from .conditioning import PromptEncoder
 from .errors import (
     OUT_OF_MEMORY_MESSAGE,
     BadImageError,
@@ -27,15 +25,17 @@ from .errors import (
     is_out_of_memory,
 )
 from .jobs import ImageJob, at_line, batches
-from .metadata import image_record
-from .model_source import ModelPlan
-from .models import LoadedModel, open_model
+from .model.addons import AddOn
+from .model.load import LoadedModel, open_model
+from .model.schedulers import a1111_sampler, build_scheduler
+from .model.source import ModelPlan
 from .options import BY_KEY
-from .outputs import FileSink, Results
+from .outputs.files import FileSink, Results
+from .outputs.progress import Reporter
+from .outputs.steps import StepRecorder, recording, strip
 from .pause import pause_at
-from .previews import StepRecorder, recording, strip
-from .progress import Reporter
-from .schedulers import a1111_sampler, build_scheduler
+from .prompt.encode import PromptEncoder
+from .records.write import image_record
 from .settings import LoadOptions, Settings
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .settings import Dtype, LoadOptions
+from ..settings import Dtype, LoadOptions
 
 PARTS = ("bf16", "channels_last", "fused_qkv", "compile")
 

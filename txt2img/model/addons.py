@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, StableDiffusionXLPipeline
 
-from .checkpoints import WeightsFormat, check_weights_file, load_pickle, named_for_its_format
-from .errors import ModelError, UnsafeCheckpointError, first_line, is_out_of_memory
-from .hash_cache import file_sha256
-from .model_source import ADDON_FILES, EmbeddingRef, ModelSource, SourceKind, pickled_files
+from ..errors import ModelError, UnsafeCheckpointError, first_line, is_out_of_memory
+from .hashes import file_sha256
+from .source import ADDON_FILES, EmbeddingRef, ModelSource, SourceKind, pickled_files
+from .weights import WeightsFormat, check_weights_file, load_pickle, named_for_its_format
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def read_weights(source: ModelSource) -> dict[str, torch.Tensor]:
 def _name_and_hash(
     source: ModelSource, length: int, autov3: bool = False
 ) -> tuple[str, str | None]:
-    """The file's sha256, as A1111 and Civitai show it (`hash_cache`, hashed once). For
+    """The file's sha256, as A1111 and Civitai show it (`hashes`, hashed once). For
     LoRAs they hash only the tensor data after the safetensors header ("AutoV3"), so
     metadata edits keep it."""
     if source.kind is SourceKind.file and not source.in_folder:

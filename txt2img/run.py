@@ -10,11 +10,11 @@ import os
 import warnings
 from pathlib import Path
 
-from .addon_folders import embeddings_named, find_lora, folder_index
 from .errors import PartialFailure, Txt2ImgError, UsageError, debug_enabled
 from .jobs import ImageJob, at_line, plan_jobs, process_share, world
-from .model_source import ModelPlan, plan_model
-from .outputs import (
+from .model.folders import embeddings_named, find_lora, folder_index
+from .model.source import ModelPlan, plan_model
+from .outputs.files import (
     FileSink,
     Results,
     check_stdout,
@@ -22,8 +22,8 @@ from .outputs import (
     remove_stale_temporaries,
     taken_names,
 )
-from .progress import Reporter
-from .prompt_syntax import take_lora_tags
+from .outputs.progress import Reporter
+from .prompt.syntax import take_lora_tags
 from .settings import Existing, Settings
 
 
@@ -60,12 +60,12 @@ def run(settings: Settings) -> None:
         reporter.info(nothing_to_do(settings, len(jobs)))
         return
     if plan is None:
-        from .remote import draw_remotely
+        from .server.client import draw_remotely
 
         failed = draw_remotely(settings, jobs, done, FileSink(settings, taken, results), reporter)
     else:
         quiet_libraries(settings.load.offline, settings.verbose)
-        from .generate import generate  # torch and diffusers load only from here on
+        from .draw import generate  # torch and diffusers load only from here on
 
         failed = generate(settings, plan, jobs, done, taken, reporter, results)
     if failed:

@@ -21,21 +21,21 @@ import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.loaders import single_file
 
-from . import hash_cache
-from .addons import AddOn, Loras, load_embeddings, load_loras, load_vae
-from .checkpoints import WeightsFormat, load_pickle, named_for_its_format, refused_pickle
-from .errors import (
+from ..errors import (
     ModelError,
     Txt2ImgError,
     UsageError,
     first_line,
     is_out_of_memory,
 )
+from ..jobs import world
+from ..options import STANDARD, TURBO
+from ..settings import Device, Dtype, LoadOptions, MemorySavers
+from . import hashes
+from .addons import AddOn, Loras, load_embeddings, load_loras, load_vae
 from .fast import apply_fast_path, speedups_for
-from .jobs import world
-from .model_source import CONFIGS, PIPELINE_CLASSES, ModelPlan, ModelSource, SourceKind
-from .options import STANDARD, TURBO
-from .settings import Device, Dtype, LoadOptions, MemorySavers
+from .source import CONFIGS, PIPELINE_CLASSES, ModelPlan, ModelSource, SourceKind
+from .weights import WeightsFormat, load_pickle, named_for_its_format, refused_pickle
 
 PIPELINES = {name: getattr(diffusers, name) for name in PIPELINE_CLASSES}
 DTYPES = {Dtype.fp16: torch.float16, Dtype.bf16: torch.bfloat16, Dtype.fp32: torch.float32}
@@ -82,7 +82,7 @@ class LoadedModel:
         """A1111's `Model hash` of a single-file checkpoint (hashed once, then cached)."""
         if self.source.kind is not SourceKind.file:
             return None
-        return hash_cache.model_hash(Path(self.source.location))
+        return hashes.model_hash(Path(self.source.location))
 
 
 def pick_device(choice: Device) -> torch.device:

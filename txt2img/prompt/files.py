@@ -42,8 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .errors import UsageError
-from .options import (
+from ..errors import UsageError
+from ..options import (
     BY_KEY,
     IMAGE_OPTIONS,
     MAX_IMAGES,

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from diffusers import StableDiffusionXLPipeline
 
-from .errors import UsageError
-from .prompt_syntax import Chunk, chunk_tokens, parse_attention, take_lora_tags, words_pattern
+from ..errors import UsageError
+from .syntax import Chunk, chunk_tokens, parse_attention, take_lora_tags, words_pattern
 
 
 @dataclass(frozen=True)

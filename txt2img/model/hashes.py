@@ -21,8 +21,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from .checkpoints import WeightsFormat, sniff
-from .errors import Txt2ImgError
+from ..errors import Txt2ImgError
+from .weights import WeightsFormat, sniff
 
 BLOCK = 1 << 20
 

@@ -20,11 +20,11 @@ from typing import Any
 
 from PIL import Image
 
-from .errors import RemoteError, ServerError
-from .jobs import ImageJob
-from .outputs import FileSink
-from .progress import Reporter
-from .settings import Settings
+from ..errors import RemoteError, ServerError
+from ..jobs import ImageJob
+from ..outputs.files import FileSink
+from ..outputs.progress import Reporter
+from ..settings import Settings
 from .wire import DRAW_ROUTE, SILENCE_SECONDS, job_json
 
 SERVER_HINT = "start one with txt2img serve, or check --server / $TXT2IMG_SERVER"

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from .errors import OutputError, StdoutClosed
-from .metadata import json_line, text_chunks
-from .pause import pause_at
-from .settings import Existing
+from ..errors import OutputError, StdoutClosed
+from ..records.write import json_line, text_chunks
+from ..pause import pause_at
+from ..settings import Existing
 
 if TYPE_CHECKING:
-    from .jobs import ImageJob
-    from .settings import Settings
+    from ..jobs import ImageJob
+    from ..settings import Settings
 
 MAX_SLUG_LENGTH = 60
 

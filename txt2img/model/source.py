@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from .checkpoints import WeightsFormat, check_weights_file
-from .errors import ModelError, UnsafeCheckpointError, UsageError
+from ..errors import ModelError, UnsafeCheckpointError, UsageError
+from .weights import WeightsFormat, check_weights_file
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 PATH_PREFIXES = ("/", "./", "../", "~", "\\")

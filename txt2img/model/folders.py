@@ -11,9 +11,9 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .errors import ModelError, UsageError
-from .hash_cache import lora_hash
-from .prompt_syntax import words_pattern
+from ..errors import ModelError, UsageError
+from ..prompt.syntax import words_pattern
+from .hashes import lora_hash
 
 # Safetensors first: where a folder has NAME.safetensors and NAME.pt, the prompt's NAME
 # is the safetensors file. The pickles are refused later without --allow-pickle.

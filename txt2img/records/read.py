@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
-from .options import EMPHASIS, RECORDED_OPTIONS
-from .schedulers import SCHEDULERS
+from ..errors import UsageError
+from ..model.schedulers import SCHEDULERS
+from ..options import EMPHASIS, RECORDED_OPTIONS
 
 USER_COMMENT = 0x9286  # EXIF UserComment, in the Exif IFD
 EXIF_IFD = 0x8769
@@ -274,8 +274,8 @@ def _typed(record: dict[str, Any], key: str, kind: type, path: Path) -> Any:
 def print_image_settings(paths: list[Path], json_lines: bool) -> int:
     """Print each image's settings on stdout; report those without on stderr. Returns
     how many could not be read."""
-    from .errors import fail
-    from .outputs import emit
+    from ..errors import fail
+    from ..outputs.files import emit
 
     failed = 0
     for path in paths:

@@ -12,8 +12,8 @@ import json
 import re
 from typing import Any
 
-from . import __version__
-from .options import EMPHASIS, RECORDED_OPTIONS
+from .. import __version__
+from ..options import EMPHASIS, RECORDED_OPTIONS
 
 # What the model and the device decided, beside the per-image options.
 MODEL_KEYS = (
