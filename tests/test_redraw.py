@@ -16,9 +16,9 @@ from ldm_export import export_single_file
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from txt2img.errors import ExitCode, UsageError
+from txt2img.errors import ExitCode
 from txt2img.model import hashes
-from txt2img.records.read import parse_infotext, read_image_settings, scheduler_for
+from txt2img.records.read import parse_infotext, read_image_settings
 
 A1111_TEXT = (
     "a red fox at dawn,\n(golden light:1.2), <lora:foxStyle:0.8>\n"
@@ -51,32 +51,6 @@ def test_an_a1111_infotext_parses_back_to_its_settings(tmp_path):
         {"kind": "lora", "name": "foxStyle", "hash": "0123456789ab"},
         {"kind": "lora", "name": "other", "hash": "ba9876543210"},
     ]
-
-
-@pytest.mark.parametrize(
-    ("sampler", "schedule", "expected"),
-    [
-        ("Euler a", None, "euler-a"),
-        ("Euler", "Automatic", "euler"),
-        ("DPM++ 2M", "Karras", "dpm++2m-karras"),
-        ("DPM++ 2M Karras", None, "dpm++2m-karras"),  # A1111 before "Schedule type"
-        ("DPM++ 2M", None, "dpm++2m"),
-        ("DDIM", None, "ddim"),
-        ("PLMS", None, "pndm"),
-        ("UniPC", None, "unipc"),
-        ("euler_a", None, "euler-a"),  # stable-diffusion.cpp
-        ("dpm++2m karras", None, "dpm++2m-karras"),
-    ],
-)
-def test_a1111_samplers_map_to_schedulers(sampler, schedule, expected):
-    assert scheduler_for(sampler, schedule) == expected
-
-
-@pytest.mark.parametrize(("sampler", "schedule"), [("DPM++ SDE", None), ("Euler", "Exponential")])
-def test_an_unmappable_sampler_names_the_option(sampler, schedule):
-    with pytest.raises(UsageError) as caught:
-        scheduler_for(sampler, schedule)
-    assert "--scheduler" in caught.value.hint
 
 
 def test_jpeg_exif_user_comment_is_read(tmp_path):

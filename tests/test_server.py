@@ -23,13 +23,16 @@ import numpy as np
 import pytest
 import requests
 import webuiapi
-from a1111 import parse_generation_parameters
+from a1111 import parse_generation_parameters, read_infotext
 from addon_files import write_kohya_lora
 from paused import _default_sigint, process_env
 from PIL import Image
 from served import ServerProcess
+from typer.testing import CliRunner
 
+from txt2img.cli import app as cli_app
 from txt2img.errors import ExitCode
+from txt2img.model.schedulers import SCHEDULERS
 
 DEMO = Path(__file__).resolve().parent.parent / "txt2img" / "model" / "demo_model"
 SIDE = 64
@@ -124,7 +127,7 @@ def test_webuiapi_lists_models_samplers_options_and_progress(server):
     titles = [model["title"] for model in client.get_sd_models()]
     assert titles[0] == "demo_model" and any("tiny-sd1" in title for title in titles)
     names = [sampler["name"] for sampler in client.get_samplers()]
-    assert {"Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DDIM"} <= set(names)
+    assert {"Euler a", "Euler", "DPM++ 2M", "DDIM", "PLMS", "UniPC", "LCM"} <= set(names)
     assert [s["name"] for s in client.get_schedulers()] == ["automatic", "uniform", "karras"]
     assert client.util_get_current_model() == "demo_model"
     progress = client.get_progress()
@@ -160,6 +163,40 @@ def test_api_images_equal_the_command_lines(server, tmp_path):
     assert result.images[1].info["parameters"] == info["infotexts"][1]
     read = api(server).png_info(result.images[1]).json
     assert read["info"] == info["infotexts"][1] and read["parameters"]["Seed"] == "6"
+
+
+@pytest.mark.parametrize("model", ["tiny-sd1", "demo_model"])
+def test_every_scheduler_is_redrawn_by_the_api_from_a1111s_reading(
+    server, folders, model, tmp_path
+):
+    """An image drawn with each scheduler (and the model's own) by the command line; its
+    infotext read by A1111's reader, defaults filled in; those fields posted as A1111's
+    clients post them: the same pixels."""
+    location = "demo" if model == "demo_model" else folders["models"] / model
+    lines = [f"a red circle --scheduler {name}" for name in SCHEDULERS] + ["a red circle"]
+    (tmp_path / "prompts.txt").write_text("\n".join(lines) + "\n")
+    done = CliRunner().invoke(cli_app, [
+        "-f", str(tmp_path / "prompts.txt"), "-m", str(location), "--seed", "3", "--steps", "3",
+        "-W", str(SIDE), "-H", str(SIDE), "-q", "-o", str(tmp_path / "local"),
+    ])  # fmt: skip
+    assert done.exit_code == 0, done.stderr
+    for name, line in zip([*SCHEDULERS, None], done.stdout.splitlines(), strict=True):
+        path = Path(line)
+        fields = read_infotext(Image.open(path).text["parameters"])
+        assert fields["Model"] == model
+        answer = post(server, "txt2img", {
+            "prompt": fields["Prompt"], "negative_prompt": fields["Negative prompt"],
+            "steps": int(fields["Steps"]), "sampler_name": fields["Sampler"],
+            "scheduler": fields["Schedule type"], "cfg_scale": float(fields["CFG scale"]),
+            "seed": int(fields["Seed"]), "width": int(fields["Size-1"]),
+            "height": int(fields["Size-2"]),
+            "override_settings": {"sd_model_checkpoint": fields["Model"],
+                                  "CLIP_stop_at_last_layers": int(fields["Clip skip"])},
+        })  # fmt: skip
+        assert answer.status_code == 200, (name, answer.text)
+        image = decoded(answer.json()["images"][0])
+        assert np.array_equal(pixels(image), pixels(path)), name
+        assert image.info["parameters"] == Image.open(path).text["parameters"]
 
 
 def test_api_draws_a_seed_for_minus_one_and_n_iter_images(server):

@@ -1,4 +1,6 @@
-"""Friendly scheduler names, the diffusers classes behind them, and their A1111 names.
+"""The one sampler table: txt2img's scheduler names, the diffusers classes behind them,
+and AUTOMATIC1111's names for them (Sampler and Schedule type), read and written here
+for the PNG writer, `--from`/`info` and the A1111 API alike.
 
 Pure data plus one lazy builder, so the CLI can list and validate names without
 importing diffusers.
@@ -9,13 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import UsageError
+
 
 @dataclass(frozen=True)
 class SchedulerSpec:
     class_name: str
-    a1111_sampler: str
+    sampler: str  # A1111's Sampler
     options: dict[str, Any] = field(default_factory=dict)
-    a1111_schedule: str | None = None
+    schedule: str = "Uniform"  # A1111's Schedule type
 
 
 _DPM_2M = {"algorithm_type": "dpmsolver++", "solver_order": 2}
@@ -35,13 +39,39 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
         "DPMSolverMultistepScheduler",
         "DPM++ 2M",
         {**_DPM_2M, "use_karras_sigmas": True},
-        a1111_schedule="Karras",
+        schedule="Karras",
     ),
     "unipc": SchedulerSpec("UniPCMultistepScheduler", "UniPC"),
     "lcm": SchedulerSpec("LCMScheduler", "LCM"),
 }
 
-_A1111_BY_CLASS = {spec.class_name: spec.a1111_sampler for spec in SCHEDULERS.values()}
+
+@dataclass(frozen=True)
+class Sampler:
+    """One of A1111's samplers, with the schedule its "Automatic" means (A1111 1.9+)."""
+
+    name: str
+    aliases: tuple[str, ...]  # A1111's API aliases and stable-diffusion.cpp's names
+    automatic: str = "Uniform"
+
+
+SAMPLERS = (
+    Sampler("DPM++ 2M", ("k_dpmpp_2m", "dpmpp_2m", "dpm++2m"), automatic="Karras"),
+    Sampler("Euler a", ("k_euler_a", "k_euler_ancestral", "euler_a", "euler_ancestral")),
+    Sampler("Euler", ("k_euler", "euler")),
+    Sampler("LMS", ("k_lms", "lms")),
+    Sampler("Heun", ("k_heun", "heun")),
+    Sampler("DDIM", ("ddim",)),
+    Sampler("PLMS", ("plms",)),
+    Sampler("UniPC", ("unipc",)),
+    Sampler("LCM", ("k_lcm", "lcm")),
+)
+# A1111's schedule types that txt2img draws: (API name, label, other spellings).
+SCHEDULE_TYPES = (
+    ("automatic", "Automatic", ("",)),
+    ("uniform", "Uniform", ("discrete", "default")),  # stable-diffusion.cpp's names
+    ("karras", "Karras", ()),
+)
 
 
 def build_scheduler(name: str, model_scheduler_config: Any) -> Any:
@@ -57,12 +87,69 @@ def build_scheduler(name: str, model_scheduler_config: Any) -> Any:
     return scheduler_class.from_config(model_scheduler_config, **spec.options)
 
 
-def a1111_sampler(name: str | None, class_name: str, config: Any) -> tuple[str, str | None]:
-    """Return A1111's (Sampler, Schedule type) for a friendly name or a model's own scheduler."""
+def own_scheduler(class_name: str, config: Any) -> str | None:
+    """The name of the table's scheduler that a model's own scheduler is: same class,
+    and building it from that config changes nothing. None if it is none of them."""
+    for name, spec in SCHEDULERS.items():
+        if spec.class_name == class_name and all(
+            config.get(key) == value for key, value in spec.options.items()
+        ):
+            return name
+    return None
+
+
+def a1111_sampler(name: str | None, class_name: str, config: Any) -> tuple[str, str]:
+    """A1111's (Sampler, Schedule type) for a scheduler name, or for a model's own
+    scheduler (`name` None). The Schedule type is always given: a reader that finds
+    none takes A1111's "Automatic", which is Karras for DPM++ 2M."""
+    name = name or own_scheduler(class_name, config)
     if name is not None:
         spec = SCHEDULERS[name]
-        return spec.a1111_sampler, spec.a1111_schedule
-    schedule = "Karras" if config.get("use_karras_sigmas") else None
+        return spec.sampler, spec.schedule
+    # A scheduler outside the table: its class, which `scheduler_for` refuses by name.
+    sampler = class_name.removesuffix("Scheduler")
     if class_name == "DPMSolverMultistepScheduler" and "sde" in str(config.get("algorithm_type")):
-        return "DPM++ 2M SDE", schedule
-    return _A1111_BY_CLASS.get(class_name, class_name.removesuffix("Scheduler")), schedule
+        sampler = "DPM++ 2M SDE"
+    sigmas = [k for k in ("karras", "exponential", "beta") if config.get(f"use_{k}_sigmas")]
+    return sampler, sigmas[0].capitalize() if sigmas else "Uniform"
+
+
+def find_sampler(name: str) -> Sampler | None:
+    wanted = name.strip().lower()
+    for sampler in SAMPLERS:
+        if wanted == sampler.name.lower() or wanted in sampler.aliases:
+            return sampler
+    return None
+
+
+def schedule_label(schedule: str | None) -> str | None:
+    """A1111's label for a Schedule type as given (name, label or other spelling);
+    None if txt2img has no such schedule."""
+    wanted = (schedule or "").strip().lower()
+    for name, label, others in SCHEDULE_TYPES:
+        if wanted in (name, *others):
+            return label
+    return None
+
+
+def scheduler_for(sampler: str, schedule: str | None, where: str = "the image") -> str:
+    """txt2img's scheduler for A1111's Sampler and Schedule type, read as A1111 reads
+    them: a schedule named at the end of the sampler ("DPM++ 2M Karras", A1111 before
+    1.9; "euler_a karras", stable-diffusion.cpp) wins, and "Automatic" (or none) is the
+    sampler's own default. `where` names what asked, for the message."""
+    name = sampler.strip()
+    head, _, tail = name.rpartition(" ")
+    if head and schedule_label(tail) not in (None, "Automatic"):
+        name, schedule = head, tail
+    found, label = find_sampler(name), schedule_label(schedule)
+    if found is not None and label == "Automatic":
+        label = found.automatic
+    specs = [n for n, s in SCHEDULERS.items() if found and s.sampler == found.name]
+    chosen = [n for n in specs if SCHEDULERS[n].schedule == label]
+    if not chosen:
+        what = repr(sampler) + (f" with schedule {schedule!r}" if schedule else "")
+        raise UsageError(
+            f"{where} asks for the sampler {what}, which txt2img does not have",
+            f"choose one with --scheduler ({', '.join(SCHEDULERS)})",
+        )
+    return chosen[0]

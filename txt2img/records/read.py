@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from ..model.schedulers import SCHEDULERS
+from ..model.schedulers import scheduler_for
 from ..options import EMPHASIS, RECORDED_OPTIONS
 
 USER_COMMENT = 0x9286  # EXIF UserComment, in the Exif IFD
@@ -41,6 +41,8 @@ class ImageSettings:
     # Settings the image records that txt2img cannot use (an unknown sampler, a seed that
     # is not a number): --from refuses them unless the command line gives its own value.
     problems: dict[str, UsageError] = field(default_factory=dict)
+    # What --from cannot follow and draws anyway, said on stderr.
+    notes: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -145,12 +147,18 @@ def _from_infotext(path: Path, parameters: str) -> ImageSettings:
         for key, index in (("width", 1), ("height", 2)):
             _take(values, problems, key, lambda i=index: _size(fields["Size"], i, path))
     if "Sampler" in fields:
-        schedule = fields.get("Schedule type")
+        schedule = fields.get("Schedule type", _automatic_before_1_9(fields))
         _take(values, problems, "scheduler",
-              lambda: scheduler_for(fields["Sampler"], schedule, path))  # fmt: skip
-    emphasis = {name: key for key, name in EMPHASIS.items()}
-    if fields.get("Emphasis") in emphasis:
-        values["emphasis"] = emphasis[fields["Emphasis"]]
+              lambda: scheduler_for(fields["Sampler"], schedule, str(path)))  # fmt: skip
+    # A1111 leaves out what is at its default: Clip skip 1, Emphasis Original, RNG GPU.
+    values.setdefault("clip_skip", 1)
+    _take(values, problems, "emphasis", lambda: _emphasis(fields.get("Emphasis", "Original"), path))
+    notes = []
+    if fields.get("RNG", "GPU") != "CPU":
+        notes.append(
+            f"{path} was drawn from {fields.get('RNG', 'GPU')} noise; txt2img draws the "
+            "starting noise on the CPU, so the picture will differ"
+        )
     model = {"name": fields.get("Model"), "hash": fields.get("Model hash")}
     addons = [
         {"kind": kind, "name": name, "hash": digest}
@@ -160,7 +168,22 @@ def _from_infotext(path: Path, parameters: str) -> ImageSettings:
     if fields.get("VAE"):
         addons.insert(0, {"kind": "vae", "name": fields["VAE"], "hash": fields.get("VAE hash")})
     return ImageSettings(path, "a1111", parameters, fields, values, model, addons,
-                         problems=problems)  # fmt: skip
+                         problems=problems, notes=notes)  # fmt: skip
+
+
+def _emphasis(name: str, path: Path) -> str:
+    emphasis = {name: key for key, name in EMPHASIS.items()}
+    if name not in emphasis:
+        raise UsageError(f"{path}: its Emphasis {name!r} is not one of {', '.join(emphasis)}")
+    return emphasis[name]
+
+
+def _automatic_before_1_9(fields: dict[str, str]) -> str | None:
+    """A1111 before 1.9 wrote no Schedule type: a sampler drew its uniform schedule
+    unless its name said otherwise ("DPM++ 2M Karras"). Since 1.9 a missing one is
+    "Automatic", which is Karras for DPM++ 2M; the Version tells them apart."""
+    version = re.match(r"v1\.(\d+)\.", fields.get("Version", ""))
+    return "Uniform" if version and int(version[1]) < 9 else None
 
 
 def _take(values: dict, problems: dict, key: str, read: Any) -> None:
@@ -207,34 +230,6 @@ def _hash_list(text: str) -> list[tuple[str, str]]:
         if sep and name.strip():
             pairs.append((name.strip(), digest.strip()))
     return pairs
-
-
-# A1111's sampler names (and stable-diffusion.cpp's) -> txt2img's schedulers. A1111's
-# "Schedule type" must be the sampler's default, except Karras for DPM++ 2M.
-_A1111_SAMPLERS = {spec.a1111_sampler: name for name, spec in SCHEDULERS.items()
-                   if spec.a1111_schedule is None}  # fmt: skip
-_SDCPP_SAMPLERS = {"euler_a": "euler-a", "euler": "euler", "heun": "heun", "lcm": "lcm",
-                   "dpm++2m": "dpm++2m"}  # fmt: skip
-_DEFAULT_SCHEDULES = {None, "", "Automatic", "automatic", "discrete", "default"}
-
-
-def scheduler_for(sampler: str, schedule: str | None, path: Path | str = "the image") -> str:
-    """txt2img's scheduler for A1111's Sampler and Schedule type."""
-    name = sampler.strip()
-    if name.endswith(" Karras") and schedule is None:  # A1111 before 1.9: "DPM++ 2M Karras"
-        name, schedule = name.removesuffix(" Karras"), "Karras"
-    if " " in name and name.split(" ", 1)[0] in _SDCPP_SAMPLERS:  # sd.cpp: "euler_a karras"
-        name, schedule = name.split(" ", 1)
-    scheduler = _A1111_SAMPLERS.get(name) or _SDCPP_SAMPLERS.get(name)
-    if scheduler == "dpm++2m" and schedule in ("Karras", "karras"):
-        return "dpm++2m-karras"
-    if scheduler is None or schedule not in _DEFAULT_SCHEDULES:
-        what = f"{sampler!r}" + (f" with schedule {schedule!r}" if schedule else "")
-        raise UsageError(
-            f"{path} was drawn with the sampler {what}, which txt2img does not have",
-            f"choose one with --scheduler ({', '.join(SCHEDULERS)})",
-        )
-    return scheduler
 
 
 # --- txt2img's own record -------------------------------------------------------------------

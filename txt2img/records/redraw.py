@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelError, UsageError
+from ..errors import ModelError, UsageError, say
 from ..model.folders import SUFFIXES, folder_index
 from ..model.hashes import model_hash
 from ..model.source import HUB_ID
@@ -31,6 +31,8 @@ def values_from_image(
     and its LoRA tags by name; files the image names cannot be sent, so such an image
     is refused."""
     image = read_image_settings(path)
+    for note in image.notes:
+        say(f"txt2img: {note}")
     values = dict(values)
     for key, problem in image.problems.items():
         if key not in given and not (key == "prompt" and prompt is not None):

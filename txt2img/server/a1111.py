@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from .. import __version__
 from ..errors import UsageError
 from ..jobs import ImageJob
+from ..model.schedulers import SAMPLERS, SCHEDULE_TYPES, SCHEDULERS, scheduler_for
 from ..options import BY_KEY, EMPHASIS, MAX_CLIP_SKIP, MAX_SEED, check_text
 from ..prompt.syntax import check_prompts
 from ..records.write import infotext
@@ -37,34 +38,6 @@ class Refusal(Exception):
         self.status, self.detail, self.error, self.headers = status, detail, error, headers
 
 
-@dataclass(frozen=True)
-class Sampler:
-    name: str  # A1111's
-    aliases: tuple[str, ...]
-    scheduler: str  # txt2img's --scheduler
-    karras: str | None = None  # its --scheduler with the Karras schedule, where it has one
-    karras_by_default: bool = False  # A1111 1.9+: "Automatic" is Karras for this sampler
-
-
-SAMPLERS = (
-    Sampler(
-        "DPM++ 2M",
-        ("k_dpmpp_2m", "dpmpp_2m"),
-        "dpm++2m",
-        karras="dpm++2m-karras",
-        karras_by_default=True,
-    ),
-    Sampler("DPM++ 2M Karras", ("k_dpmpp_2m_ka",), "dpm++2m-karras", karras="dpm++2m-karras"),
-    Sampler("Euler a", ("k_euler_a", "k_euler_ancestral", "euler_a", "euler_ancestral"), "euler-a"),
-    Sampler("Euler", ("k_euler", "euler"), "euler"),
-    Sampler("LMS", ("k_lms", "lms"), "lms"),
-    Sampler("Heun", ("k_heun", "heun"), "heun"),
-    Sampler("DDIM", ("ddim",), "ddim"),
-    Sampler("PLMS", ("plms",), "pndm"),
-    Sampler("UniPC", ("unipc",), "unipc"),
-    Sampler("LCM", ("k_lcm", "lcm"), "lcm"),
-)
-SCHEDULE_TYPES = (("automatic", "Automatic"), ("uniform", "Uniform"), ("karras", "Karras"))
 # override_settings keys that act on a request; A1111's others are ignored.
 OVERRIDES = ("sd_model_checkpoint", "CLIP_stop_at_last_layers", "emphasis")
 EMPHASIS_BY_NAME = {name: key for key, name in EMPHASIS.items()}
@@ -78,30 +51,17 @@ def schedule_types() -> list[dict[str, Any]]:
     return [
         {"name": name, "label": label, "aliases": None, "default_rho": -1,
          "need_inner_model": False}
-        for name, label in SCHEDULE_TYPES
+        for name, label, _ in SCHEDULE_TYPES
     ]  # fmt: skip
 
 
-def find_sampler(name: str) -> Sampler:
-    wanted = name.strip().lower()
-    for sampler in SAMPLERS:
-        if wanted == sampler.name.lower() or wanted in sampler.aliases:
-            return sampler
-    raise Refusal(400, "Sampler not found")
-
-
-def scheduler_for(sampler: Sampler, schedule: str | None) -> str:
-    """txt2img's scheduler for an A1111 sampler and schedule type."""
-    wanted = (schedule or "automatic").strip().lower()
-    if wanted == "automatic" and sampler.karras_by_default:
-        wanted = "karras"
-    if wanted in ("automatic", "uniform"):
-        return sampler.scheduler
-    if wanted == "karras":
-        if sampler.karras is None:
-            raise Refusal(400, f"Schedule type Karras is not available for {sampler.name}")
-        return sampler.karras
-    raise Refusal(400, "Scheduler not found")
+def request_scheduler(request: Txt2ImgRequest) -> str:
+    """txt2img's scheduler for the request's sampler and schedule type."""
+    sampler = request.sampler_name or request.value("sampler_index")
+    try:
+        return scheduler_for(sampler, request.scheduler, "the request")
+    except UsageError as exc:
+        raise Refusal(400, exc.message) from None
 
 
 class Txt2ImgRequest(BaseModel):
@@ -147,7 +107,6 @@ class Plan:
 
     jobs: list[ImageJob]
     batch_size: int
-    sampler: Sampler
     model: str | None  # an override_settings sd_model_checkpoint, as given
     ignored: list[str]  # override_settings keys that do not act
     timestamp: str
@@ -161,7 +120,6 @@ def plan_request(request: Txt2ImgRequest, defaults: dict[str, Any], max_pixels: 
     for field, text in (("prompt", prompt), ("negative_prompt", negative)):
         checked(lambda flag, text=text: check_text(flag, text), field)
     overrides, ignored = settings_overrides(request.override_settings or {}, defaults)
-    sampler = find_sampler(request.sampler_name or request.value("sampler_index"))
     values = {
         "negative_prompt": negative,
         "seed": 0,  # each job's own below
@@ -169,7 +127,7 @@ def plan_request(request: Txt2ImgRequest, defaults: dict[str, Any], max_pixels: 
         "guidance": request.value("cfg_scale"),
         "width": request.value("width"),
         "height": request.value("height"),
-        "scheduler": scheduler_for(sampler, request.scheduler),
+        "scheduler": request_scheduler(request),
         "clip_skip": overrides["clip_skip"],
         "emphasis": overrides["emphasis"],
     }
@@ -188,9 +146,7 @@ def plan_request(request: Txt2ImgRequest, defaults: dict[str, Any], max_pixels: 
         raise Refusal(400, f"seed must be at most {MAX_SEED - (count - 1)}")
     jobs = [ImageJob(k, 0, prompt, {**values, "seed": seed + k}) for k in range(count)]
     checked(lambda flag: check_pixels(jobs[:batch_size], max_pixels), "width")
-    return Plan(
-        jobs, batch_size, sampler, overrides["model"], ignored, time.strftime("%Y%m%d%H%M%S")
-    )
+    return Plan(jobs, batch_size, overrides["model"], ignored, time.strftime("%Y%m%d%H%M%S"))
 
 
 def checked(check: Any, field: str, flag: str | None = None) -> None:
@@ -269,7 +225,7 @@ def info(plan: Plan, records: list[dict[str, Any]]) -> str:
     jobs = plan.jobs
     first = records[0] if records else {"model_name": None, "model_hash": None}
     seeds = [job["seed"] for job in jobs]
-    schedule = records[0]["schedule_type"] if records else None
+    spec = SCHEDULERS[jobs[0]["scheduler"]]
     return json.dumps({
         "prompt": jobs[0].prompt,
         "all_prompts": [job.prompt for job in jobs],
@@ -277,12 +233,12 @@ def info(plan: Plan, records: list[dict[str, Any]]) -> str:
         "all_negative_prompts": [job["negative_prompt"] for job in jobs],
         "seed": seeds[0], "all_seeds": seeds, "subseed": seeds[0], "all_subseeds": seeds,
         "subseed_strength": 0, "width": jobs[0]["width"], "height": jobs[0]["height"],
-        "sampler_name": plan.sampler.name, "cfg_scale": jobs[0]["guidance"],
+        "sampler_name": spec.sampler, "cfg_scale": jobs[0]["guidance"],
         "steps": jobs[0]["steps"], "batch_size": plan.batch_size, "restore_faces": False,
         "face_restoration_model": None, "sd_model_name": first["model_name"],
         "sd_model_hash": first["model_hash"], "sd_vae_name": None, "sd_vae_hash": None,
         "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": None,
-        "extra_generation_params": {"Schedule type": schedule} if schedule else {},
+        "extra_generation_params": {"Schedule type": spec.schedule},
         "index_of_first_image": 0, "infotexts": [infotext(record) for record in records],
         "styles": [], "job_timestamp": plan.timestamp, "clip_skip": jobs[0]["clip_skip"],
         "is_using_inpainting_conditioning": False, "version": f"txt2img {__version__}",

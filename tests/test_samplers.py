@@ -1,0 +1,154 @@
+"""The one sampler table: every scheduler txt2img offers is written as A1111's Sampler and
+Schedule type, read back by A1111's own reader (tests/a1111.py, its defaults filled in),
+and found again by `--from` as the same scheduler, with the same pixels. The A1111 API's
+side of the round trip is in test_server.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from a1111 import read_infotext
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+from typer.testing import CliRunner
+
+from txt2img.cli import app
+from txt2img.errors import UsageError
+from txt2img.model.schedulers import SCHEDULERS, a1111_sampler, own_scheduler, scheduler_for
+from txt2img.records.read import read_image_settings
+from txt2img.records.write import infotext
+
+# Each scheduler by name, and None: the model's own.
+EVERY = [*SCHEDULERS, None]
+
+
+def a1111_reads(parameters: str) -> str:
+    """txt2img's scheduler for the Sampler and Schedule type A1111's reader takes from
+    an infotext."""
+    fields = read_infotext(parameters)
+    return scheduler_for(fields["Sampler"], fields["Schedule type"])
+
+
+@pytest.mark.parametrize("name", SCHEDULERS)
+def test_every_scheduler_is_written_as_a1111_reads_it_back(name):
+    sampler, schedule = a1111_sampler(name, SCHEDULERS[name].class_name, {})
+    text = f"a fox\nSteps: 2, Sampler: {sampler}, Schedule type: {schedule}, CFG scale: 7"
+    assert a1111_reads(text) == name
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ("Sampler: DPM++ 2M", "dpm++2m-karras"),  # Automatic: Karras, since A1111 1.9
+        ("Sampler: DPM++ 2M, Version: v1.8.0", "dpm++2m"),  # before 1.9: uniform
+        ("Sampler: DPM++ 2M, Version: v1.10.1", "dpm++2m-karras"),
+        ("Sampler: DPM++ 2M, Schedule type: Uniform", "dpm++2m"),
+        ("Sampler: DPM++ 2M Karras", "dpm++2m-karras"),  # A1111 before 1.9
+        ("Sampler: Euler a", "euler-a"),
+        ("Sampler: Euler, Schedule type: Automatic", "euler"),
+        ("Sampler: PLMS", "pndm"),
+        ("Sampler: DDIM", "ddim"),
+        ("Sampler: UniPC, Schedule type: Automatic", "unipc"),
+        ("Sampler: DPM++ 2M, Schedule type: Karras", "dpm++2m-karras"),
+        ("Sampler: k_euler_a", "euler-a"),  # A1111's API aliases, in an image too
+        ("Sampler: dpmpp_2m, Schedule type: Karras", "dpm++2m-karras"),
+        ("Sampler: euler_a", "euler-a"),  # stable-diffusion.cpp
+        ("Sampler: dpm++2m karras", "dpm++2m-karras"),
+        ("Sampler: euler discrete", "euler"),
+    ],
+)
+def test_from_reads_samplers_with_a1111s_defaults(tmp_path, fields, expected):
+    image = a1111_png(tmp_path / "a.png", f"a fox\nSteps: 2, {fields}, CFG scale: 7, Seed: 1")
+    assert read_image_settings(image).values["scheduler"] == expected
+
+
+@pytest.mark.parametrize(
+    ("sampler", "schedule"),
+    [("DPM++ SDE", None), ("Euler", "Exponential"), ("DDIM", "Karras"), ("Nope", None)],
+)
+def test_a_sampler_txt2img_lacks_is_refused_and_names_the_option(sampler, schedule):
+    with pytest.raises(UsageError) as caught:
+        scheduler_for(sampler, schedule)
+    assert "--scheduler" in caught.value.hint
+
+
+def test_a_model_scheduler_outside_the_table_is_named_by_its_class():
+    sde = {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True}
+    assert own_scheduler("DPMSolverMultistepScheduler", sde) is None
+    assert a1111_sampler(None, "DPMSolverMultistepScheduler", sde) == ("DPM++ 2M SDE", "Karras")
+    assert a1111_sampler(None, "KDPM2DiscreteScheduler", {}) == ("KDPM2Discrete", "Uniform")
+
+
+def a1111_png(path: Path, text: str, pixels: Image.Image | None = None) -> Path:
+    """A PNG with only A1111's `parameters` (no txt2img record)."""
+    info = PngInfo()
+    info.add_text("parameters", text)
+    (pixels or Image.new("RGB", (8, 8))).save(path, pnginfo=info)
+    return path
+
+
+def draw(*args) -> Path:
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.stderr
+    return Path(result.stdout.strip())
+
+
+@pytest.fixture(scope="module")
+def drawn_with_each(models, tmp_path_factory) -> dict[tuple[str, str | None], Path]:
+    """An image drawn with each scheduler (and the model's own), on the tiny SD 1.x model
+    and on the demo model."""
+    out = tmp_path_factory.mktemp("each-scheduler")
+    images = {}
+    for model in (str(models["sd1"]), "demo"):
+        for k, name in enumerate(EVERY):
+            chosen = ("--scheduler", name) if name else ()
+            images[model, name] = draw("a red circle", "-m", model, "--seed", 4, "--steps", 3,
+                                       "-W", 64, "-H", 64, *chosen, "-q",
+                                       "-o", out / f"{Path(model).name}-{k}")  # fmt: skip
+    return images
+
+
+@pytest.mark.parametrize("model", ["sd1", "demo"])
+@pytest.mark.parametrize("name", EVERY)
+def test_every_scheduler_is_redrawn_from_its_infotext_alone(
+    drawn_with_each, models, tmp_path, model, name
+):
+    """The txt2img record is dropped: `--from` reads A1111's fields only, and finds the
+    scheduler A1111's reader finds."""
+    model = str(models[model]) if model == "sd1" else model
+    first = drawn_with_each[model, name]
+    parameters = Image.open(first).text["parameters"]
+    expected = name or own_scheduler(*own_of(first))
+    assert expected is not None  # the tiny models' and the demo model's own are in the table
+    assert a1111_reads(parameters) == expected
+    bare = a1111_png(tmp_path / "bare.png", parameters)
+    again = draw("--from", bare, "-m", model, "-q", "-o", tmp_path / "again")
+    np.testing.assert_array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(first)))
+
+
+def own_of(path: Path) -> tuple[str, dict]:
+    """The class and config of the scheduler an image was drawn with, from its record."""
+    record = json.loads(Image.open(path).text["txt2img"])
+    config = Path(record["model"]) / "scheduler" / "scheduler_config.json"
+    return record["scheduler_class"], json.loads(config.read_text())
+
+
+def test_the_writer_always_names_the_schedule(drawn_with_each):
+    for path in drawn_with_each.values():
+        text = Image.open(path).text["parameters"]
+        assert ", Schedule type: " in text and ", RNG: CPU" in text
+
+
+def test_the_infotext_writer_and_the_reader_agree_on_defaults():
+    record = {
+        "prompt": "a fox", "negative_prompt": "", "seed": 1, "steps": 2, "guidance": 7.0,
+        "width": 64, "height": 64, "scheduler": None, "clip_skip": 1, "emphasis": "original",
+        "sampler": "DPM++ 2M", "schedule_type": "Uniform", "model_hash": None,
+        "model_name": "demo_model", "addons": [], "pad_conds": False,
+    }  # fmt: skip
+    fields = read_infotext(infotext(record))
+    assert (fields["Sampler"], fields["Schedule type"]) == ("DPM++ 2M", "Uniform")
+    assert (fields["Clip skip"], fields["RNG"], fields["Emphasis"]) == ("1", "CPU", "Original")
