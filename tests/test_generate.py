@@ -108,6 +108,7 @@ def test_metadata_parses_back_with_a1111_reader(cli, tmp_path, models):
         "Negative prompt": "blurry, lowres",
         "Steps": "2",
         "Sampler": "PLMS",
+        "Schedule type": "Uniform",  # A1111 reads a missing one as "Automatic"
         "CFG scale": "6.5",
         "Seed": "7",
         "Size-1": "64",
