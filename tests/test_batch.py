@@ -19,6 +19,8 @@ from paused import PausedChild
 from PIL import Image
 
 from txt2img.errors import ExitCode
+from txt2img.jobs import ImageJob, batches, process_share
+from txt2img.options import RECORDED_OPTIONS
 
 PROMPTS = """\
 # a comment, then a blank line
@@ -226,6 +228,44 @@ def test_two_processes_write_exactly_what_one_writes(tmp_path, models, prompts_f
     assert sorted(redone.stdout.split()) == [str(tmp_path / "two" / n) for n in sorted(two)[::2]]
     for name, image in folder_pixels(tmp_path / "two").items():
         np.testing.assert_array_equal(image, one[name])
+
+
+def test_a_process_share_is_whole_batches_grouped_as_one_process_groups_them(monkeypatch):
+    """Batches of 2 over settings K K K L K: one process draws [0 1] [2] [3] [4]; rank 0
+    of two gets [0 1] [3], rank 1 gets [2] [4], each grouped as before, never [2 4]."""
+    defaults = {option.key: option.default for option in RECORDED_OPTIONS}
+    jobs = [ImageJob(k, 0, "a fox", {**defaults, "seed": k, "steps": 2 if key == "K" else 3})
+            for k, key in enumerate("KKKLK")]  # fmt: skip
+
+    def grouped(share):
+        return [[job.index for job in batch] for batch in batches(share, 2)]
+
+    assert grouped(jobs) == [[0, 1], [2], [3], [4]]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    shares = {}
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        shares[rank] = grouped(process_share(jobs, 2))
+    assert shares == {0: [[0, 1], [3]], 1: [[2], [4]]}
+
+
+def test_two_processes_draw_each_image_in_the_call_one_process_does(cli, tmp_path):
+    """At -b 2 a batched call rounds differently from a single one (the demo model shows
+    it at 64x64), so equal pixels mean equal calls: lines of 3, 1 and 3 images."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red square -N 3\na blue circle --steps 3\na red square -N 3\n")
+    args = ("-f", prompts, "-m", "demo", "--seed", 1, "-W", 64, "-H", 64, "-q")
+    one = lines(cli(*args, "-b", 2, "-o", tmp_path / "one"))
+    for rank in (0, 1):
+        env = {"WORLD_SIZE": "2", "RANK": str(rank)}
+        lines(cli(*args, "-b", 2, "-o", tmp_path / "two", env=env))
+    alone = lines(cli(*args, "-b", 1, "-o", tmp_path / "alone"))
+    first, second = folder_pixels(tmp_path / "one"), folder_pixels(tmp_path / "two")
+    assert len(one) == 7 and first.keys() == second.keys()
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name])
+    singles = folder_pixels(tmp_path / "alone")
+    assert len(alone) == 7 and any(not np.array_equal(first[n], singles[n]) for n in first)
 
 
 def test_several_processes_report_a_missing_device_as_one_does(cli, tmp_path, models, monkeypatch):

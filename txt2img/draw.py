@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -30,7 +31,6 @@ from .model.load import LoadedModel, open_model
 from .model.schedulers import a1111_sampler, build_scheduler
 from .model.source import ModelPlan
 from .options import BY_KEY
-from .outputs.files import FileSink, Results
 from .outputs.progress import Reporter
 from .outputs.steps import StepRecorder, recording, strip
 from .pause import pause_at
@@ -76,22 +76,6 @@ class Drawing:
     prompts: PromptEncoder
 
 
-def generate(
-    settings: Settings,
-    plan: ModelPlan,
-    jobs: list[ImageJob],
-    done: set[int],
-    taken: set[str],
-    reporter: Reporter,
-    results: Results,
-) -> int:
-    """Load the model, then draw and write every job whose index is not in `done`;
-    return how many failed (only with --keep-going)."""
-    model = load_model(plan, settings.load, settings.verbose, reporter)
-    sink = FileSink(settings, taken, results)
-    return draw_jobs(model, DrawOptions.of(settings), jobs, done, reporter, sink)
-
-
 def load_model(
     plan: ModelPlan,
     load: LoadOptions,
@@ -123,17 +107,21 @@ def draw_jobs(
 ) -> int:
     """Draw every job whose index is not in `done` and hand it to `sink`; return how
     many failed (only with keep_going). `jobs` is this process's whole share, so the
-    batches are those of an uninterrupted run: a batch with a done image is drawn whole
+    calls are those of an uninterrupted run: a call with a done image is drawn whole
     and only its missing images are kept, which keeps --resume pixel-identical at any
     batch size."""
     drawing = Drawing(options, model, reporter, sink, model_prompts(model))
-    jobs = prepare_jobs(drawing, jobs)
+    calls = pipeline_calls(drawing, jobs)
     failed = 0
     reporter.start()
     try:
-        for batch in batches(jobs, options.batch_size, drawing.prompts.batch_key):
-            if any(job.index not in done for job in batch):
-                failed += draw_batch(drawing, batch, done)
+        for call in calls:
+            part = Part(drawing, call, done)
+            if part.wanted():
+                draw_call([part], reporter.step_done)
+                if part.error is not None:
+                    raise part.error
+                failed += part.failed
     finally:
         reporter.stop()
     return failed
@@ -143,63 +131,76 @@ def model_prompts(model: LoadedModel) -> PromptEncoder:
     return PromptEncoder(model.pipe, model.defaults.architecture, model.embedding_tokens)
 
 
-def prepare_jobs(drawing: Drawing, jobs: list[ImageJob]) -> list[ImageJob]:
-    """`jobs` with the model's defaults filled in, checked against the model."""
-    jobs = [job.with_defaults(drawing.model.defaults.values()) for job in jobs]
-    check_sizes(jobs)
-    check_prompt_settings(drawing.prompts, jobs, drawing.reporter, drawing.options.verbose)
-    return jobs
+def pipeline_calls(drawing: Drawing, jobs: list[ImageJob]) -> list[list[ImageJob]]:
+    """The pipeline calls that draw `jobs`, checked against the model: the run's batches
+    as planned (`jobs.batches`, the same in every process of a run), each with the
+    model's defaults filled in and split where its prompts' chunk counts differ (they
+    cannot share a call)."""
+    defaults = drawing.model.defaults.values()
+    calls = []
+    for batch in batches(jobs, drawing.options.batch_size):
+        filled = [job.with_defaults(defaults) for job in batch]
+        calls += batches(filled, len(filled), drawing.prompts.batch_key)
+    every = [job for call in calls for job in call]
+    check_sizes(every)
+    check_prompt_settings(drawing.prompts, every, drawing.reporter, drawing.options.verbose)
+    return calls
 
 
-def draw_batch(drawing: Drawing, batch: list[ImageJob], done: set[int]) -> int:
-    """Draw one batch and hand over its images not in `done`; return how many failed."""
+@dataclass
+class Part:
+    """One party's share of a pipeline call: a run's (or a request's) jobs, and how it
+    ended. Several parts share a call when `txt2img serve` merges requests."""
+
+    drawing: Drawing
+    jobs: list[ImageJob]
+    done: set[int]  # --resume: drawn, but not handed over
+    keep: Callable[[], bool] = lambda: True  # asked after the call: hand the images over?
+    failed: int = 0
+    error: Exception | None = None  # what stopped it (keep_going off)
+
+    def wanted(self) -> list[tuple[int, ImageJob]]:
+        return [(k, job) for k, job in enumerate(self.jobs) if job.index not in self.done]
+
+
+def draw_call(parts: list[Part], on_step: Callable[[int, int], bool | None]) -> None:
+    """The draw loop's one step: one pipeline call for every part's jobs, then each
+    part's images checked, recorded and handed to its sink. A failure is counted in the
+    part it hits (with keep_going) or kept as its `error`; the other parts go on.
+    `on_step`: see `render`."""
+    first = parts[0].drawing
+    jobs = [job for part in parts for job in part.jobs]
+    save_steps = first.options.save_steps if len(parts) == 1 else None
     started = time.perf_counter()
-    wanted = [(k, job) for k, job in enumerate(batch) if job.index not in done]
-    drawing.reporter.image_started()
+    for part in parts:
+        part.drawing.reporter.image_started()
     try:
-        drawn = render(
-            drawing.model, drawing.prompts, batch, drawing.reporter.step_done,
-            drawing.options.save_steps,
-        )  # fmt: skip
+        drawn = render(first.model, first.prompts, jobs, on_step, save_steps)
     except Exception as exc:
-        return fail_or_raise(drawing, [job for _, job in wanted], exc)
-    return deliver(drawing, drawn, wanted, (time.perf_counter() - started) / len(batch))
+        for part in parts:
+            part_failed(part, [job for _, job in part.wanted()], exc)
+        return
+    seconds = (time.perf_counter() - started) / len(jobs)
+    offset = 0
+    for part in parts:
+        if part.keep():
+            wanted = [(offset + k, job) for k, job in part.wanted()]
+            deliver(part, drawn, wanted, seconds)
+        offset += len(part.jobs)
 
 
-def deliver(
-    drawing: Drawing, drawn: Drawn, wanted: list[tuple[int, ImageJob]], seconds: float
-) -> int:
-    """Hand image k of a call to the sink for each (k, job) of `wanted`; return how
-    many failed."""
-    failed = 0
+def deliver(part: Part, drawn: Drawn, wanted: list[tuple[int, ImageJob]], seconds: float) -> None:
+    """Hand image k of a call to the part's sink for each (k, job) of `wanted`."""
     for k, job in wanted:
+        if part.error is not None:
+            return
         try:
-            where = write_outputs(drawing, drawn, k, job, seconds)
+            where = write_outputs(part.drawing, drawn, k, job, seconds)
         except Exception as exc:
-            failed += fail_or_raise(drawing, [job], exc)
+            part_failed(part, [job], exc)
             continue
         if where is not None:
-            drawing.reporter.image_done(where, seconds)
-    return failed
-
-
-def write_outputs(
-    drawing: Drawing, drawn: Drawn, k: int, job: ImageJob, seconds: float
-) -> str | None:
-    """Image k of a call and its strip. Both are decoded before either is handed over,
-    so a failure leaves neither. Returns where the image went (None if it was kept)."""
-    model, sink = drawing.model, drawing.sink
-    checked = checked_pixels(model, drawn, k, drawing.reporter) if sink.wants_image(job) else None
-    sheet = strip(model.pipe, drawn.steps, k) if drawn.steps is not None else None
-    where = None
-    if checked is not None:
-        where = sink.image(job, *image_and_record(drawing, job, *checked), seconds)
-    else:
-        sink.skipped(job)
-    if sheet is not None:
-        frames = len(model.pipe.scheduler.timesteps)
-        sink.strip(job, sheet, f"every {drawing.options.save_steps} of {frames} scheduler steps")
-    return where
+            part.drawing.reporter.image_done(where, seconds)
 
 
 def check_sizes(jobs: list[ImageJob]) -> None:
@@ -239,14 +240,37 @@ def check_prompt_settings(
                 reporter.info(f"{where}: {prompts.describe(job)}")
 
 
-def fail_or_raise(drawing: Drawing, jobs: list[ImageJob], exc: Exception) -> int:
-    """With --keep-going, report failed items and go on; otherwise stop the run."""
+def write_outputs(
+    drawing: Drawing, drawn: Drawn, k: int, job: ImageJob, seconds: float
+) -> str | None:
+    """Image k of a call and its strip. Both are decoded before either is handed over,
+    so a failure leaves neither. Returns where the image went (None if it was kept)."""
+    model, sink = drawing.model, drawing.sink
+    checked = checked_pixels(model, drawn, k, drawing.reporter) if sink.wants_image(job) else None
+    sheet = strip(model.pipe, drawn.steps, k) if drawn.steps is not None else None
+    where = None
+    if checked is not None:
+        where = sink.image(job, *image_and_record(drawing, job, *checked), seconds)
+    else:
+        sink.skipped(job)
+    if sheet is not None:
+        frames = len(model.pipe.scheduler.timesteps)
+        sink.strip(job, sheet, f"every {drawing.options.save_steps} of {frames} scheduler steps")
+    return where
+
+
+def part_failed(part: Part, jobs: list[ImageJob], exc: Exception) -> None:
+    """With keep_going, a failure of the image (out of memory, a bad image, settings the
+    model refuses) is reported for each of `jobs` and the part goes on; anything else
+    stops the part, as its `error`."""
+    drawing = part.drawing
     out_of_memory = is_out_of_memory(exc)
     if not (
         drawing.options.keep_going
         and (out_of_memory or isinstance(exc, (UsageError, BadImageError)))
     ):
-        raise exc
+        part.error = part.error or exc
+        return
     if out_of_memory:  # give the failed batch's memory back before the next one
         gc.collect()
         if torch.cuda.is_available():
@@ -257,7 +281,7 @@ def fail_or_raise(drawing: Drawing, jobs: list[ImageJob], exc: Exception) -> int
             f"image {job.index} (line {job.line}, seed {job['seed']}): {message}"
         )
         drawing.sink.failed(job, message)
-    return len(jobs)
+    part.failed += len(jobs)
 
 
 @dataclass

@@ -95,22 +95,29 @@ def world() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def process_share(jobs: list[ImageJob]) -> list[ImageJob]:
-    """Every process takes every world-th image. File names come from the global index,
-    so the processes never write the same file and together write exactly the run."""
+def process_share(jobs: list[ImageJob], batch_size: int) -> list[ImageJob]:
+    """This process's share of the run: every world-th batch, whole, so that each image
+    is drawn in the same pipeline call as in a run of one process (pixels do not depend
+    on the process count at any batch size). File names come from the global index, so
+    the processes never write the same file and together write exactly the run."""
     rank, size = world()
-    return jobs[rank::size]
+    share = list(batches(jobs, batch_size))[rank::size]
+    return [job for batch in share for job in batch]
 
 
 def batches(
     jobs: list[ImageJob], size: int, key: Callable[[ImageJob], Any] = lambda job: job.batch_key
 ) -> Iterator[list[ImageJob]]:
-    """Consecutive jobs with equal `key`s (their settings), at most `size` at a time.
-    Always called on a process's whole share (done images included), so that a resumed
-    run groups its images exactly as the uninterrupted one did."""
+    """Consecutive jobs with equal `key`s (their settings), at most `size` at a time; a
+    batch never spans a gap in the indices, so a process's share (whole batches) is
+    grouped as the whole run was. Always called on a process's whole share (done images
+    included), so that a resumed run groups its images exactly as the uninterrupted one
+    did."""
     batch: list[ImageJob] = []
     for job in jobs:
-        if batch and (len(batch) == size or key(job) != key(batch[0])):
+        if batch and (
+            len(batch) == size or key(job) != key(batch[0]) or job.index != batch[-1].index + 1
+        ):
             yield batch
             batch = []
         batch.append(job)

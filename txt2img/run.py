@@ -1,7 +1,8 @@
-"""The order of a run: plan the images, settle what is already on disk, then load and draw.
+"""The order of a run, as numbered steps (`run`): plan the images, find the model,
+settle what is already on disk, then load and draw, here or on a `txt2img serve`.
 
-Kept free of torch so that everything that can be refused is refused before the slow
-imports and the model load.
+Free of torch until step 4, so that everything that can be refused is refused before
+the slow imports and the model load.
 """
 
 from __future__ import annotations
@@ -28,29 +29,21 @@ from .settings import Existing, Settings
 
 
 def run(settings: Settings) -> None:
+    """A run, in order. Steps 1 to 3 import no torch: everything that can be refused is
+    refused before the slow imports and the model load."""
+    # 1. plan the images (no torch)
+    check_stdout()
     if settings.seed_is_random and world()[1] > 1:
         raise UsageError(
             "several processes need one shared --seed (each would draw its own)",
             "pass --seed to accelerate launch / torchrun runs",
         )
-    check_stdout()
-    jobs = plan_jobs(settings)
+    jobs = process_share(plan_jobs(settings), settings.batch_size)
+    # 2. find the model and add-ons (no torch; --server: the server finds them)
     plan = None if settings.server else local_model(settings)
-    jobs = process_share(jobs)
-    names = [job.file_name for job in jobs]
-    if settings.save_steps:
-        names += [job.strip_name for job in jobs]
-    remove_stale_temporaries(settings.output_dir, names)
-    taken = taken_names(settings.output_dir, names)
-    if taken and settings.existing is Existing.refuse:
-        raise refuse_existing(settings.output_dir, sorted(taken))
+    # 3. settle what is on disk: no clobbering; --resume skips finished images
     results = Results(settings.json_lines)
-    done = set()
-    if settings.existing is Existing.skip:
-        done = {job.index for job in jobs if is_done(settings, job, taken)}
-        for job in jobs:
-            if job.index in done:
-                results.skipped(settings.output_dir / job.file_name, job)
+    taken, done = settle_outputs(settings, jobs, results)
     to_draw = len(jobs) - len(done)
     reporter = Reporter(settings.quiet, total_images=to_draw)
     if settings.seed_is_random:
@@ -59,17 +52,44 @@ def run(settings: Settings) -> None:
     if not to_draw:
         reporter.info(nothing_to_do(settings, len(jobs)))
         return
+    sink = FileSink(settings, taken, results)
     if plan is None:
+        # 4-5. load and draw on the server; its images are written here
         from .server.client import draw_remotely
 
-        failed = draw_remotely(settings, jobs, done, FileSink(settings, taken, results), reporter)
+        failed = draw_remotely(settings, jobs, done, sink, reporter)
     else:
+        # 4. load
         quiet_libraries(settings.load.offline, settings.verbose)
-        from .draw import generate  # torch and diffusers load only from here on
+        from .draw import DrawOptions, draw_jobs, load_model  # torch loads from here on
 
-        failed = generate(settings, plan, jobs, done, taken, reporter, results)
+        model = load_model(plan, settings.load, settings.verbose, reporter)
+        # 5. for each pipeline call: encode, draw, check, record, write
+        failed = draw_jobs(model, DrawOptions.of(settings), jobs, done, reporter, sink)
     if failed:
         raise PartialFailure(f"{failed} of {to_draw} images failed", "see the messages above")
+
+
+def settle_outputs(
+    settings: Settings, jobs: list[ImageJob], results: Results
+) -> tuple[set[str], set[int]]:
+    """The run's file names already taken, and (--resume) the indices of the images
+    already there. Temporary files that a killed run left are removed; taken names are
+    refused unless --resume or --overwrite says what to do with them."""
+    names = [job.file_name for job in jobs]
+    if settings.save_steps:
+        names += [job.strip_name for job in jobs]
+    remove_stale_temporaries(settings.output_dir, names)
+    taken = taken_names(settings.output_dir, names)
+    if taken and settings.existing is Existing.refuse:
+        raise refuse_existing(settings.output_dir, sorted(taken))
+    done = set()
+    if settings.existing is Existing.skip:
+        done = {job.index for job in jobs if is_done(settings, job, taken)}
+        for job in jobs:
+            if job.index in done:
+                results.skipped(settings.output_dir / job.file_name, job)
+    return taken, done
 
 
 def local_model(settings: Settings) -> ModelPlan:

@@ -15,16 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..draw import (
-    Drawing,
-    DrawOptions,
-    Sink,
-    deliver,
-    fail_or_raise,
-    prepare_jobs,
-    render,
-)
-from ..jobs import ImageJob, batches
+from ..draw import Drawing, DrawOptions, Part, Sink, draw_call, pipeline_calls
+from ..jobs import ImageJob
 from ..outputs.progress import Reporter
 from .catalog import Entry, LoadedModels, Served
 from .config import ServeConfig
@@ -228,29 +220,29 @@ class Worker:
             return
         self.models.add_addons(served, task.jobs)
         drawing = Drawing(task.options, served.model, task.reporter, task.sink, served.prompts)
-        jobs = prepare_jobs(drawing, task.jobs)
-        calls = list(batches(jobs, task.options.batch_size, served.prompts.batch_key))
-        for batch in calls:
-            check_pixels(batch, self.config.max_pixels)
-        self.progress.begin(task, sum(job.index not in task.done for job in jobs))
+        calls = pipeline_calls(drawing, task.jobs)
+        for call in calls:
+            check_pixels(call, self.config.max_pixels)
+        self.progress.begin(task, sum(job.index not in task.done for c in calls for job in c))
         task.reporter.start()
         try:
-            for batch in calls:
+            for call in calls:
                 if task.stop or task.error:
                     break
-                if any(job.index not in task.done for job in batch):
-                    partners = self._partners(served, batch) if task.mergeable else []
-                    self._call(served, [(task, drawing, batch), *partners])
+                part = task_part(task, drawing, call)
+                if part.wanted():
+                    partners = self._partners(served, call) if task.mergeable else []
+                    self._call([(task, part), *partners])
         finally:
             task.reporter.stop()
 
-    def _partners(self, served: Served, batch: list[ImageJob]) -> list[tuple]:
-        """Waiting tasks that can be drawn in `batch`'s call: mergeable, with the same
-        model and settings, needing no add-on not loaded yet, and all their images fit."""
-        key = served.prompts.batch_key(batch[0])
-        room = max(self.config.max_batch, len(batch)) - len(batch)
-        side = batch[0]["width"] * batch[0]["height"]
-        room = min(room, self.config.max_pixels // side - len(batch))
+    def _partners(self, served: Served, call: list[ImageJob]) -> list[tuple[Task, Part]]:
+        """Waiting tasks that can be drawn in `call`: mergeable, with the same model and
+        settings, needing no add-on not loaded yet, and all their images fit."""
+        key = served.prompts.batch_key(call[0])
+        room = max(self.config.max_batch, len(call)) - len(call)
+        side = call[0]["width"] * call[0]["height"]
+        room = min(room, self.config.max_pixels // side - len(call))
         partners = []
         with self.lock:
             for other in list(self.queue):
@@ -270,16 +262,15 @@ class Worker:
                 drawing = Drawing(
                     other.options, served.model, other.reporter, other.sink, served.prompts
                 )
-                partners.append((other, drawing, jobs))
+                partners.append((other, task_part(other, drawing, jobs)))
                 room -= len(jobs)
         return partners
 
-    def _call(self, served: Served, members: list[tuple[Task, Drawing, list[ImageJob]]]) -> None:
-        """One pipeline call for the members' batches; each member gets its images."""
-        tasks = [task for task, _, _ in members]
-        jobs = [job for _, _, batch in members for job in batch]
-        save_steps = members[0][1].options.save_steps if len(members) == 1 else None
-        self.progress.call(len(jobs))
+    def _call(self, members: list[tuple[Task, Part]]) -> None:
+        """One pipeline call for the members' parts (`draw.draw_call`); a /progress,
+        /interrupt and /skip that reach into it; merged tasks finished after it."""
+        tasks = [task for task, _ in members]
+        self.progress.call(sum(len(part.jobs) for _, part in members))
 
         def on_step(step: int, steps: int) -> bool:
             self.progress.stepped(step, steps)
@@ -289,37 +280,25 @@ class Worker:
 
         if len(tasks) > 1:
             numbers = ", ".join(str(task.number) for task in tasks)
-            self.log(f"requests {numbers}: {len(jobs)} images drawn in one pipeline call")
-        started = time.perf_counter()
-        for task in tasks:
-            task.reporter.image_started()
-        try:
-            drawn = render(served.model, served.prompts, jobs, on_step, save_steps)
-        except Exception as exc:
-            for task, drawing, batch in members:
-                wanted = [job for job in batch if job.index not in task.done]
-                try:
-                    task.failed += fail_or_raise(drawing, wanted, exc)
-                except Exception as error:
-                    task.error = error
-            drawn = None
+            count = sum(len(part.jobs) for _, part in members)
+            self.log(f"requests {numbers}: {count} images drawn in one pipeline call")
+        draw_call([part for _, part in members], on_step)
         self.progress.called()
-        for task in tasks:
+        for task, part in members:
             task.skip_call = False
-        seconds = (time.perf_counter() - started) / len(jobs)
-        offset = 0
-        for task, drawing, batch in members:
-            if drawn is not None and (
-                not task.stop or (task.stop == "interrupted" and task.keeps_partial)
-            ):
-                wanted = [(offset + k, job) for k, job in enumerate(batch)
-                          if job.index not in task.done]  # fmt: skip
-                try:
-                    task.failed += deliver(drawing, drawn, wanted, seconds)
-                except Exception as error:
-                    task.error = error
-            offset += len(batch)
+            task.failed += part.failed
+            task.error = task.error or part.error
         for task in tasks[1:]:
             with self.lock:
                 self.running.remove(task)
             self._finish(task)
+
+
+def task_part(task: Task, drawing: Drawing, jobs: list[ImageJob]) -> Part:
+    """A task's share of a call. A stopped task's images are not handed over, except
+    an interrupted A1111 request's (A1111 returns what it had drawn)."""
+
+    def keep() -> bool:
+        return not task.stop or (task.stop == "interrupted" and task.keeps_partial)
+
+    return Part(drawing, jobs, task.done, keep)
