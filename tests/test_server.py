@@ -27,6 +27,7 @@ from a1111 import parse_generation_parameters, read_infotext
 from addon_files import write_kohya_lora
 from paused import _default_sigint, process_env
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from served import ServerProcess
 from typer.testing import CliRunner
 
@@ -393,6 +394,42 @@ def test_server_client_writes_the_files_a_local_run_writes(server, tmp_path):
                     TXT2IMG_LORA_DIR="/no/such/folder")  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert np.array_equal(pixels(Path(again.stdout.strip())), pixels(first))
+
+
+def test_server_from_finds_the_model_by_name_and_loras_by_hash_as_a_local_run(
+    server, folders, tmp_path
+):
+    """An A1111 image whose Model hash the server does not know is drawn with the model
+    of its name; a LoRA tag whose file was renamed is found by the image's Lora hashes."""
+    from txt2img.model.hashes import lora_hash
+
+    digest = lora_hash(folders["loras"] / "red-style.safetensors")
+    image = tmp_path / "a1111.png"
+    info = PngInfo()
+    info.add_text("parameters", (
+        "a red circle <lora:renamed-style:0.8>\nSteps: 3, Sampler: Euler, Schedule type: "
+        f"Uniform, CFG scale: 7, Seed: 5, Size: {SIDE}x{SIDE}, Model hash: 0123456789, "
+        f'Model: demo_model, RNG: CPU, Lora hashes: "renamed-style: {digest}"'
+    ))  # fmt: skip
+    Image.new("RGB", (8, 8)).save(image, pnginfo=info)
+    remote = txt2img("--from", image, "-q", "-o", tmp_path / "remote", "--server", server.url)
+    assert remote.returncode == 0, remote.stderr
+    local = txt2img("a red circle <lora:red-style:0.8>", "-m", "demo", "--steps", 3,
+                    "--scheduler", "euler", "--guidance", 7, "--seed", 5, "-W", SIDE,
+                    "-H", SIDE, "--lora-dir", folders["loras"], "-q",
+                    "-o", tmp_path / "local")  # fmt: skip
+    assert local.returncode == 0, local.stderr
+    assert np.array_equal(pixels(Path(remote.stdout.strip())), pixels(Path(local.stdout.strip())))
+
+
+def test_an_empty_server_draws_here_whatever_the_variable_says(tmp_path):
+    here = txt2img("a red circle", "-m", "demo", "--steps", 1, "--seed", 1, "-W", SIDE, "-H",
+                   SIDE, "-q", "--server", "", "-o", tmp_path,
+                   TXT2IMG_SERVER="http://127.0.0.1:9")  # fmt: skip
+    assert here.returncode == 0, here.stderr
+    assert Path(here.stdout.strip()).parent == tmp_path
+    refused = txt2img("a fox", "--low-vram", "-o", tmp_path, TXT2IMG_SERVER="http://127.0.0.1:9")
+    assert refused.returncode == ExitCode.USAGE and "--server ''" in refused.stderr
 
 
 def test_server_client_errors(server, tmp_path):

@@ -145,8 +145,9 @@ def txt2img(ctx: typer.Context, prompt: str | None = None, **values: Any) -> Non
     with handle_errors():
         values = {key: value.value if isinstance(value, Enum) else value
                   for key, value in values.items()}  # fmt: skip
-        lora_hashes: dict[str, str] = {}
+        found = None
         given = {key for key in values if _given(ctx, key)}
+        values["server"] = values["server"] or None  # --server '': draw here
         if values["server"] is not None:
             check_server_side(given)
             # Their variables (TXT2IMG_LORA_DIR...) are the local runs' business.
@@ -154,11 +155,11 @@ def txt2img(ctx: typer.Context, prompt: str | None = None, **values: Any) -> Non
             if "model" not in given and not _given(ctx, "model", "ENVIRONMENT"):
                 values["model"] = None  # the server's current model
         if values["from_image"] is not None:
-            prompt, values, lora_hashes = values_from_image(
+            prompt, values, found = values_from_image(
                 values["from_image"], prompt, values, given, remote=values["server"] is not None
             )
         prompts = read_prompts(prompt, values["prompts_file"])
-        settings = build_settings(prompts, values, lora_hashes)
+        settings = build_settings(prompts, values, found)
         from .run import run
 
         run(settings)
@@ -178,7 +179,7 @@ def check_server_side(given: set[str]) -> None:
             raise UsageError(
                 f"{BY_KEY[key].flag} acts where the model is loaded: with --server that is "
                 "the server",
-                "give it to txt2img serve, or leave out --server to draw here",
+                "give it to txt2img serve, or draw here with --server ''",
             )
 
 

@@ -117,7 +117,7 @@ def _check_folders(flag: str, folders: list[str]) -> None:
 
 def _check_url(flag: str, url: str | None) -> None:
     """An http(s) URL with a host and, if any, a numeric port."""
-    if url is None:
+    if not url:  # '': draw here, whatever TXT2IMG_SERVER says
         return
     example = "e.g. --server http://127.0.0.1:7860"
     try:
@@ -227,7 +227,8 @@ OPTIONS: tuple[Option, ...] = (
            envvar="TXT2IMG_MODEL"),
     Option("server", ("--server",), "Draw in a running `txt2img serve` at this URL "
            "(http://[USER:PASS@]HOST:PORT) and write the images here. The options that "
-           "say how to load a model are the server's.", envvar="TXT2IMG_SERVER",
+           "say how to load a model are the server's. --server '' draws here.",
+           envvar="TXT2IMG_SERVER",
            check=_check_url),
     Option("output_dir", ("--output-dir", "-o"), "Folder for the PNGs.", Path,
            default=Path("outputs")),

@@ -122,7 +122,7 @@ def prompt_addons(settings: Settings) -> tuple[dict[str, Path], dict[str, Path]]
             if loras is None:
                 loras = folder_index(settings.lora_dirs, "--lora-dir")
             try:
-                digest = settings.lora_hashes.get(tag.name)
+                digest = settings.from_image.lora_hashes.get(tag.name)
                 named.setdefault(tag.name, find_lora(loras, tag.name, settings.lora_dirs, digest))
             except Txt2ImgError as exc:
                 raise at_line(line.line, exc) from None

@@ -60,6 +60,15 @@ class LoadOptions:
 
 
 @dataclass(frozen=True)
+class FromImage:
+    """What `--from` found in an image beside option values, to find files by."""
+
+    lora_hashes: dict[str, str] = field(default_factory=dict)  # tag name -> Lora hash
+    # --server: the names the server is asked for, in order: the Model hash, the name.
+    model_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Settings:
     """One run. `image` holds the command line's value of every per-image option
     (`options.IMAGE_OPTIONS`; None means the model's default); a prompt line's own
@@ -86,8 +95,7 @@ class Settings:
     embedding_dirs: tuple[Path, ...]  # embeddings used by name in the prompts
     save_steps: int | None  # also write a strip of every N-th step's clean estimate
     server: str | None = None  # --server: the URL of a `txt2img serve` that draws
-    # --from: the LoRA hashes an image records, by tag name, to find renamed files by
-    lora_hashes: dict[str, str] = field(default_factory=dict)
+    from_image: FromImage = field(default_factory=FromImage)
 
 
 def random_seed() -> int:
@@ -98,11 +106,10 @@ def random_seed() -> int:
 def build_settings(
     prompts: tuple[PromptLine, ...],
     values: dict[str, Any],
-    lora_hashes: dict[str, str] | None = None,
+    from_image: FromImage | None = None,
 ) -> Settings:
     """Settings from the command line's `values` (one per `options.OPTIONS` key), checked;
-    raise a `UsageError` or `OutputError` naming the first bad one. `lora_hashes`: see
-    `Settings`."""
+    raise a `UsageError` or `OutputError` naming the first bad one."""
     for key, value in values.items():
         BY_KEY[key].validate(value)
     image = {option.key: values[option.key] for option in IMAGE_OPTIONS}
@@ -140,7 +147,7 @@ def build_settings(
         # With --server the server's folders count; the variables here are not read.
         lora_dirs=folders(values, "lora_dir") if values["server"] is None else (),
         embedding_dirs=folders(values, "embeddings_dir") if values["server"] is None else (),
-        lora_hashes=dict(lora_hashes or {}),
+        from_image=from_image or FromImage(),
         server=values["server"],
     )
     _check_output_dir(settings.output_dir)

@@ -18,18 +18,18 @@ from ..model.hashes import model_hash
 from ..model.source import HUB_ID
 from ..options import BY_KEY
 from ..prompt.syntax import take_lora_tags
-from ..settings import folders
+from ..settings import FromImage, folders
 from .read import ImageSettings, read_image_settings
 
 
 def values_from_image(
     path: Path, prompt: str | None, values: dict[str, Any], given: set[str], remote: bool = False
-) -> tuple[str | None, dict[str, Any], dict[str, str]]:
+) -> tuple[str | None, dict[str, Any], FromImage]:
     """The prompt and option values to draw `path` again with (`given` names the options
-    the user set, which keep their values), and the LoRA hashes it records by name.
-    `remote` (--server): the server finds the model by the image's Model hash or name,
-    and its LoRA tags by name; files the image names cannot be sent, so such an image
-    is refused."""
+    the user set, which keep their values), and the hashes it records to find renamed
+    files by. `remote` (--server): the server finds the model by the image's Model hash,
+    then its name, and its LoRA tags by name, then hash, as a local run does; files the
+    image names cannot be sent, so such an image is refused."""
     image = read_image_settings(path)
     for note in image.notes:
         say(f"txt2img: {note}")
@@ -44,20 +44,24 @@ def values_from_image(
             values[key] = value
     if prompt is None and values["prompts_file"] is None:
         prompt = image.values.get("prompt")
+    hashes = {a["name"]: a["hash"] for a in image.addons
+              if a["kind"] == "lora" and isinstance(a.get("hash"), str)}  # fmt: skip
     if remote:
-        _remote_model(image, values, given)
-        return prompt, values, {}
+        names = _remote_model(image, values, given)
+        return prompt, values, FromImage(hashes, names)
     if "model" not in given:
         values["model"] = find_model(image, folders(values, "models_dir"))
     _addons_from_image(image, values, given)
-    hashes = {a["name"]: a["hash"] for a in image.addons
-              if a["kind"] == "lora" and isinstance(a.get("hash"), str)}  # fmt: skip
-    return prompt, values, hashes
+    return prompt, values, FromImage(hashes)
 
 
-def _remote_model(image: ImageSettings, values: dict[str, Any], given: set[str]) -> None:
+def _remote_model(image: ImageSettings, values: dict[str, Any], given: set[str]) -> tuple[str, ...]:
+    """The names the server is asked for, in order; the image's add-ons checked."""
+    names: tuple[str, ...] = ()
     if "model" not in given:
-        values["model"] = image.model.get("hash") or image.model.get("name") or values["model"]
+        recorded = (image.model.get("hash"), image.model.get("name"))
+        names = tuple(dict.fromkeys(name for name in recorded if isinstance(name, str) and name))
+        values["model"] = names[0] if names else values["model"]
     # The server finds a prompt's LoRA tags and embedding words in its own folders; a
     # VAE or a LoRA loaded by --lora cannot be named to it.
     tagged = {tag.name for tag in take_lora_tags(str(image.values.get("prompt", "")))[1]}
@@ -66,8 +70,9 @@ def _remote_model(image: ImageSettings, values: dict[str, Any], given: set[str])
             raise UsageError(
                 f"{image.path} was drawn with the {addon['kind'].upper()} {addon['name']!r}, "
                 "which a server cannot be told to load",
-                "draw it without --server",
+                "draw it here: --server ''",
             )
+    return names
 
 
 def _check_recorded(image: ImageSettings, key: str, value: Any) -> None:

@@ -410,11 +410,9 @@ def _own_routes(app: FastAPI, service: Service) -> None:
             raise Refusal(400, "the body is not JSON") from None
         except UsageError as exc:
             return JSONResponse({**error_fields(exc), "detail": exc.message}, status_code=400)
-        entry = (
-            await asyncio.to_thread(service.catalog.find, spec["model"]) if spec["model"] else None
-        )
-        if spec["model"] and entry is None:
-            message = f"the server has no model named {spec['model']!r}"
+        entry = await asyncio.to_thread(service.catalog.find_first, spec["models"])
+        if spec["models"] and entry is None:
+            message = f"the server has no model named {' or '.join(map(repr, spec['models']))}"
             return JSONResponse({"message": message, "detail": message, "exit_code": 3,
                                  "hint": "GET /sdapi/v1/sd-models lists them"},
                                 status_code=404)  # fmt: skip
@@ -435,6 +433,7 @@ async def _stream(
     task = Task(
         f"{len(spec['jobs'])} images for txt2img --server", entry, spec["jobs"], options,
         StreamSink(put), StreamReporter(put), done=spec["done"], on_finish=lambda _: put(None),
+        lora_hashes=spec["lora_hashes"],
     )  # fmt: skip
     service.submit(task)
 

@@ -97,6 +97,11 @@ class Catalog:
                 found.append(Entry(source, str(path.relative_to(folder))))
         self.entries = found
 
+    def find_first(self, names: list[str]) -> Entry | None:
+        """The entry of the first of `names` that the catalog lists (as `--from` looks
+        for a model by its hash, then by its name)."""
+        return next((e for e in map(self.find, names) if e is not None), None)
+
     def find(self, name: str) -> Entry | None:
         """The entry any of whose A1111 names is `name`; a hash not yet known is looked
         for by hashing the checkpoints (once: hashes are cached)."""
@@ -165,12 +170,16 @@ class LoadedModels:
             return torch.cuda.get_device_properties(model.device).total_memory / 2
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2
 
-    def add_addons(self, served: Served, jobs: list[ImageJob]) -> None:
+    def add_addons(
+        self, served: Served, jobs: list[ImageJob], lora_hashes: dict[str, str] | None = None
+    ) -> None:
         """Load the LoRAs the jobs' tags name and the embeddings their prompts use that
-        the model does not have yet."""
+        the model does not have yet. A tag that names no file is found by its hash in
+        `lora_hashes` (--from), as a local run finds it."""
         model, allow_pickle = served.model, self.config.allow_pickle
         for name in missing_loras(served, jobs):
-            path = find_lora(self.lora_index, name, self.config.lora_dirs)
+            digest = (lora_hashes or {}).get(name)
+            path = find_lora(self.lora_index, name, self.config.lora_dirs, digest)
             model.loras.load(locate_addon(str(path), "--lora", allow_pickle), name)
         new = missing_embeddings(served, jobs, self.embedding_index)
         if new:

@@ -59,8 +59,11 @@ def draw_remotely(
     arrives; return how many failed (only with --keep-going)."""
     assert settings.server is not None
     server = Server.parse(settings.server)
+    names = settings.from_image.model_names
     body = {
-        "model": settings.model, "jobs": [job_json(job) for job in jobs], "done": sorted(done),
+        "model": list(names) if names else settings.model,
+        "lora_hashes": settings.from_image.lora_hashes,
+        "jobs": [job_json(job) for job in jobs], "done": sorted(done),
         "batch_size": settings.batch_size, "keep_going": settings.keep_going,
         "save_steps": settings.save_steps, "verbose": settings.verbose,
     }  # fmt: skip

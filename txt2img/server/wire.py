@@ -9,6 +9,7 @@ Pure Python, so the client never imports torch or the server's stack.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from ..errors import UsageError
@@ -20,6 +21,8 @@ DRAW_ROUTE = "/txt2img/v1/draw"
 HEARTBEAT_SECONDS = 5.0  # the server sends `wait` when it has said nothing for this long
 SILENCE_SECONDS = 60.0  # the client gives up on a server silent this long
 _VALUE_KEYS = tuple(option.key for option in RECORDED_OPTIONS)
+MAX_LORA_HASHES = 100
+HASH = re.compile(r"[0-9a-fA-F]{8,64}")
 
 
 def event(kind: str, **fields: Any) -> bytes:
@@ -31,8 +34,10 @@ def job_json(job: ImageJob) -> dict[str, Any]:
 
 
 def read_draw_request(body: Any, max_pixels: int) -> dict[str, Any]:
-    """The checked contents of a draw request: `model` (a name the server lists, or
-    None), `jobs`, `done`, `batch_size`, `keep_going`, `save_steps`, `verbose`. Every
+    """The checked contents of a draw request: `models` (names the server may list, the
+    first it lists is drawn with; none: its current model), `lora_hashes` (a prompt tag's
+    file found by its hash when no file has its name), `jobs`, `done`, `batch_size`,
+    `keep_going`, `save_steps`, `verbose`. Every
     value is checked as the command line checks it, and pipeline calls of more than
     `max_pixels` are refused; a `UsageError` names the first bad one."""
     if not isinstance(body, dict):
@@ -40,9 +45,20 @@ def read_draw_request(body: Any, max_pixels: int) -> dict[str, Any]:
     jobs = body.get("jobs")
     if not isinstance(jobs, list) or not 0 < len(jobs) <= MAX_IMAGES:
         raise UsageError(f"jobs must be a list of 1 to {MAX_IMAGES} images")
-    model = body.get("model")
-    if model is not None and (not isinstance(model, str) or not model):
-        raise UsageError("model must be a model's name")
+    models = body.get("model")
+    models = [models] if isinstance(models, str) else [] if models is None else models
+    if not isinstance(models, list) or len(models) > 4 or not all(_is_name(m) for m in models):
+        raise UsageError("model must be a model's name, or a list of up to 4 names")
+    lora_hashes = body.get("lora_hashes", {})
+    if (
+        not isinstance(lora_hashes, dict)
+        or len(lora_hashes) > MAX_LORA_HASHES
+        or not all(
+            _is_name(name) and isinstance(digest, str) and HASH.fullmatch(digest)
+            for name, digest in lora_hashes.items()
+        )
+    ):
+        raise UsageError("lora_hashes must map LoRA names to hex hashes")
     done = body.get("done", [])
     if not isinstance(done, list) or not all(_is_int(index) for index in done):
         raise UsageError("done must be a list of image indices")
@@ -60,7 +76,8 @@ def read_draw_request(body: Any, max_pixels: int) -> dict[str, Any]:
         raise UsageError("two jobs have the same index")
     for batch in batches(checked, options["batch_size"]):
         check_pixels(batch, max_pixels)
-    return {"model": model, "jobs": checked, "done": set(done), **options}
+    return {"models": models, "lora_hashes": lora_hashes, "jobs": checked, "done": set(done),
+            **options}  # fmt: skip
 
 
 def check_pixels(batch: list[ImageJob], max_pixels: int) -> None:
@@ -74,6 +91,10 @@ def check_pixels(batch: list[ImageJob], max_pixels: int) -> None:
         f"{width * height * len(batch)} pixels, more than the server's --max-pixels {max_pixels}",
         "draw smaller images or a smaller --batch-size",
     )
+
+
+def _is_name(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 1000
 
 
 def _is_int(value: Any) -> bool:

@@ -42,6 +42,7 @@ class Task:
     sink: Sink | None = None
     reporter: Reporter = field(default_factory=lambda: Reporter(True, 0))
     done: set[int] = field(default_factory=set)  # --resume: indices not to hand over
+    lora_hashes: dict[str, str] = field(default_factory=dict)  # --from: see add_addons
     mergeable: bool = False  # may share a pipeline call with other tasks
     keeps_partial: bool = False  # interrupted: its images so far are still handed over
     on_finish: Callable[[Task], None] = lambda task: None
@@ -218,7 +219,7 @@ class Worker:
         if task.jobs is None:  # POST /options with sd_model_checkpoint
             self.models.current = served.entry
             return
-        self.models.add_addons(served, task.jobs)
+        self.models.add_addons(served, task.jobs, task.lora_hashes)
         drawing = Drawing(task.options, served.model, task.reporter, task.sink, served.prompts)
         calls = pipeline_calls(drawing, task.jobs)
         for call in calls:
