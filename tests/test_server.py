@@ -34,6 +34,7 @@ from typer.testing import CliRunner
 from txt2img.cli import app as cli_app
 from txt2img.errors import ExitCode
 from txt2img.model.schedulers import SCHEDULERS
+from txt2img.options import RECORDED_OPTIONS
 
 DEMO = Path(__file__).resolve().parent.parent / "txt2img" / "model" / "demo_model"
 SIDE = 64
@@ -62,6 +63,7 @@ def server(folders):
     served = ServerProcess(
         "-m", "demo", "--models-dir", folders["models"], "--lora-dir", folders["loras"],
         "--max-batch", 4, "--models-memory", 0.001,  # one model at a time
+        "--client-timeout", 2,
     )  # fmt: skip
     yield served
     assert served.stop() == 0, served.log()
@@ -430,6 +432,29 @@ def test_an_empty_server_draws_here_whatever_the_variable_says(tmp_path):
     assert Path(here.stdout.strip()).parent == tmp_path
     refused = txt2img("a fox", "--low-vram", "-o", tmp_path, TXT2IMG_SERVER="http://127.0.0.1:9")
     assert refused.returncode == ExitCode.USAGE and "--server ''" in refused.stderr
+
+
+def test_a_server_client_that_stops_reading_has_its_run_cancelled(server):
+    """Backpressure: 300 noisy 256x256 images (about 60 MB of events) for a client that
+    reads nothing. The run waits while its unread events fill the server's bound, then is
+    cancelled after --client-timeout: it never draws them all into memory."""
+    values = {option.key: option.default for option in RECORDED_OPTIONS}
+    values.update(steps=1, width=256, height=256)
+    jobs = [{"index": k, "line": 0, "prompt": "a red circle", "values": {**values, "seed": k}}
+            for k in range(300)]  # fmt: skip
+    body = json.dumps({"jobs": jobs, "model": "tiny-sd1"}).encode()
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(b"POST /txt2img/v1/draw HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: "
+                     + str(len(body)).encode() + b"\r\n\r\n" + body)  # fmt: skip
+        server.wait_for(r"request \d+ \(300 images for txt2img --server\): the client read "
+                        r"nothing for 2 s; cancelled")  # fmt: skip
+        ended = server.wait_for(r"request \d+ \(300 images for txt2img --server\): \w+")
+    assert ended.endswith(": cancelled"), ended
+    assert "without completing response" not in server.log()  # dropped on purpose, quietly
+    assert requests.get(f"{server.url}/sdapi/v1/progress", timeout=60).status_code == 200
 
 
 def test_server_client_errors(server, tmp_path):

@@ -129,6 +129,11 @@ def _check_url(flag: str, url: str | None) -> None:
         raise UsageError(f"{flag} {url!r} is not an http:// URL with a host", example)
 
 
+def _check_seconds(flag: str, value: float) -> None:
+    if not 0 < value <= 3600:
+        raise UsageError(f"{flag} must be more than 0 and at most 3600 seconds, got {value:g}")
+
+
 def _checked_range(low: int, high: int | None) -> Callable[[str, Any], None]:
     return lambda flag, value: check_range(flag, value, low, high)
 
@@ -311,6 +316,10 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option("max_pixels", ("--max-pixels",), "Most pixels one pipeline call may draw, width x "
            "height x batch size; larger requests are refused.", int, default=4 * 1024 * 1024,
            check=_checked_range(64, None)),
+    Option("client_timeout", ("--client-timeout",), "Seconds a `txt2img --server` client may "
+           "leave the images sent to it unread before its run is cancelled (the run waits "
+           "meanwhile: a client that stops reading never makes the server hold its images).",
+           float, default=60.0, check=_check_seconds),
     Option("models_memory", ("--models-memory",), "GiB of weights the loaded models may take; "
            "the least recently used model is unloaded first (default: half the device's "
            "memory).", float, check=_check_gib),

@@ -132,15 +132,22 @@ def schedule_label(schedule: str | None) -> str | None:
     return None
 
 
+def split_sampler(sampler: str, schedule: str | None) -> tuple[str, str | None]:
+    """(Sampler, Schedule type), with a schedule named at the end of the sampler taken
+    from it: it wins over the Schedule type, as in A1111's reader."""
+    name = sampler.strip()
+    head, _, tail = name.rpartition(" ")
+    if head and schedule_label(tail) not in (None, "Automatic"):
+        return head, tail
+    return name, schedule
+
+
 def scheduler_for(sampler: str, schedule: str | None, where: str = "the image") -> str:
     """txt2img's scheduler for A1111's Sampler and Schedule type, read as A1111 reads
     them: a schedule named at the end of the sampler ("DPM++ 2M Karras", A1111 before
     1.9; "euler_a karras", stable-diffusion.cpp) wins, and "Automatic" (or none) is the
     sampler's own default. `where` names what asked, for the message."""
-    name = sampler.strip()
-    head, _, tail = name.rpartition(" ")
-    if head and schedule_label(tail) not in (None, "Automatic"):
-        name, schedule = head, tail
+    name, schedule = split_sampler(sampler, schedule)
     found, label = find_sampler(name), schedule_label(schedule)
     if found is not None and label == "Automatic":
         label = found.automatic

@@ -18,7 +18,14 @@ from pydantic import BaseModel, ConfigDict
 from .. import __version__
 from ..errors import UsageError
 from ..jobs import ImageJob
-from ..model.schedulers import SAMPLERS, SCHEDULE_TYPES, SCHEDULERS, scheduler_for
+from ..model.schedulers import (
+    SAMPLERS,
+    SCHEDULE_TYPES,
+    SCHEDULERS,
+    find_sampler,
+    scheduler_for,
+    split_sampler,
+)
 from ..options import BY_KEY, EMPHASIS, MAX_CLIP_SKIP, MAX_SEED, check_text
 from ..prompt.syntax import check_prompts
 from ..records.write import infotext
@@ -61,7 +68,8 @@ def request_scheduler(request: Txt2ImgRequest) -> str:
     try:
         return scheduler_for(sampler, request.scheduler, "the request")
     except UsageError as exc:
-        raise Refusal(400, exc.message) from None
+        known = find_sampler(split_sampler(sampler, request.scheduler)[0]) is not None
+        raise Refusal(400, exc.message if known else f"Sampler not found: {exc.message}") from None
 
 
 class Txt2ImgRequest(BaseModel):

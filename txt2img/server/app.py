@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import io
+import logging
 import signal
 import socket
+import threading
 import time
 import traceback
 from typing import Any
@@ -43,6 +46,7 @@ from .wire import DRAW_ROUTE, HEARTBEAT_SECONDS, event, read_draw_request
 from .worker import QueueFull, Stopping, Task, Worker
 
 RETRY_AFTER_SECONDS = 5
+STREAM_EVENTS = 32  # events a --server client may leave unread before the run waits
 
 
 def log(config: ServeConfig, message: str) -> None:
@@ -422,17 +426,35 @@ def _own_routes(app: FastAPI, service: Service) -> None:
 async def _stream(
     service: Service, request: Request, spec: dict[str, Any], entry: Any, started: float
 ) -> StreamingResponse:
+    """The run's events, streamed as they come. Backpressure: at most STREAM_EVENTS wait
+    for the client; then the drawing thread waits for room (the run pauses) up to
+    --client-timeout, and after that the run is cancelled and the client dropped."""
     loop = asyncio.get_running_loop()
     events: asyncio.Queue = asyncio.Queue()
+    room = threading.Semaphore(STREAM_EVENTS)
+    dropped = asyncio.Event()
 
     def put(item: bytes | None) -> None:
+        if item is not None:
+            if task.stop:
+                return  # the client gets nothing more
+            if not room.acquire(timeout=service.config.client_timeout):
+                service.worker.cancel(task, "cancelled")
+                service.log(f"request {task.number} ({task.label}): the client read nothing "
+                            f"for {service.config.client_timeout:g} s; cancelled")  # fmt: skip
+                loop.call_soon_threadsafe(dropped.set)
+                return
         loop.call_soon_threadsafe(events.put_nowait, item)
+
+    def finished(task: Task) -> None:
+        service.outcome(task, started)
+        put(None)
 
     options = DrawOptions(spec["batch_size"], spec["keep_going"], spec["save_steps"],
                           spec["verbose"])  # fmt: skip
     task = Task(
         f"{len(spec['jobs'])} images for txt2img --server", entry, spec["jobs"], options,
-        StreamSink(put), StreamReporter(put), done=spec["done"], on_finish=lambda _: put(None),
+        StreamSink(put), StreamReporter(put), done=spec["done"], on_finish=finished,
         lora_hashes=spec["lora_hashes"],
     )  # fmt: skip
     service.submit(task)
@@ -452,10 +474,10 @@ async def _stream(
                     continue
                 item, get = get.result(), asyncio.create_task(events.get())
                 if item is None:
-                    service.outcome(task, started)
                     yield _last_event(task)
                     return
-                yield item
+                yield item  # returns once the client (or its socket) has taken it
+                room.release()
         finally:
             get.cancel()
             gone.cancel()
@@ -464,7 +486,28 @@ async def _stream(
                 service.log(f"request {task.number} ({task.label}): the client went away; "
                             "cancelled")  # fmt: skip
 
-    return StreamingResponse(stream(), media_type="application/x-ndjson")
+    return DroppableStream(stream(), dropped, media_type="application/x-ndjson")
+
+
+class DroppableStream(StreamingResponse):
+    """A streamed response that ends, closing the connection, once `dropped` is set,
+    even while the client leaves what was sent unread."""
+
+    def __init__(self, content: Any, dropped: asyncio.Event, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.dropped = dropped
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        serving = asyncio.ensure_future(super().__call__(scope, receive, send))
+        drop = asyncio.ensure_future(self.dropped.wait())
+        await asyncio.wait({serving, drop}, return_when=asyncio.FIRST_COMPLETED)
+        drop.cancel()
+        if not serving.done():
+            serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving
+        else:
+            serving.result()
 
 
 def _last_event(task: Task) -> bytes:
@@ -551,6 +594,10 @@ def serve(config: ServeConfig) -> None:
                 f"(A1111 API at /sdapi/v1; Ctrl-C stops)")  # fmt: skip
     uv = uvicorn.Config(build_app(service), log_config=None, log_level="warning",
                         access_log=False, lifespan="off", ws="none")  # fmt: skip
+    # A dropped --server client (DroppableStream) ends its response unfinished, on purpose.
+    logging.getLogger("uvicorn.error").addFilter(
+        lambda record: record.getMessage() != "ASGI callable returned without completing response."
+    )
     for signum in (signal.SIGINT, signal.SIGTERM):
         # uvicorn handles these and, once it has stopped, raises them again for the
         # handler that was there before: that one has nothing left to do.

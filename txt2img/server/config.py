@@ -24,6 +24,7 @@ class ServeConfig:
     queue_size: int
     max_batch: int
     max_pixels: int
+    client_timeout: float  # seconds a --server client may leave its events unread
     models_memory: float | None  # GiB; None: half the device's memory
     model: str
     models_dirs: tuple[Path, ...]
@@ -57,6 +58,7 @@ def build_serve_config(values: dict[str, Any]) -> ServeConfig:
         queue_size=values["queue_size"],
         max_batch=values["max_batch"],
         max_pixels=values["max_pixels"],
+        client_timeout=values["client_timeout"],
         models_memory=values["models_memory"],
         model=values["model"],
         models_dirs=folders(values, "models_dir"),
