@@ -424,6 +424,9 @@ def build_full_size(family: str, folder: Path) -> Path:
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     shutil.copytree(source, partial)
+    for tokenizer in partial.glob("tokenizer*"):  # the configs share one CLIP vocabulary
+        for file in (source.parent / "clip-vocab").iterdir():
+            shutil.copy(file, tokenizer / file.name)
     torch.manual_seed(0)
     index = json.loads((source / "model_index.json").read_text())
     for name, entry in index.items():

@@ -482,13 +482,9 @@ SDXL = {
 
 CONFIGS: dict[str, dict[str, dict]] = {"sd1": SD1, "sd2-v": SD2_V, "sd2": SD2, "sdxl": SDXL}
 
-# Every tokenizer folder gets the same CLIP vocabulary.
-TOKENIZER_DIRS = [
-    f"{folder}/{name}"
-    for folder, files in CONFIGS.items()
-    for name in ("tokenizer", "tokenizer_2")
-    if f"{name}/tokenizer_config.json" in files
-]
+# Every tokenizer folder has the same CLIP vocabulary: one copy, in VOCAB_DIR, that
+# txt2img links into the folder it hands diffusers (txt2img.model.source.readable_config).
+VOCAB_DIR = "clip-vocab"
 
 
 def json_text(data: dict) -> str:
@@ -533,9 +529,8 @@ def render_tokenizer(bpe_text: str) -> dict[str, bytes]:
     vocab = json.dumps(encoder, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     merges_txt = ("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges)).encode("utf-8")
     files = {}
-    for directory in TOKENIZER_DIRS:
-        files[f"{directory}/vocab.json"] = vocab
-        files[f"{directory}/merges.txt"] = merges_txt
+    files[f"{VOCAB_DIR}/vocab.json"] = vocab
+    files[f"{VOCAB_DIR}/merges.txt"] = merges_txt
     return files
 
 

@@ -239,3 +239,18 @@ def write_vae_file(vae_folder: str | Path, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, path, metadata={"format": "pt"})
     return path
+
+
+class Canary:
+    """Unpickling this would create a file: the proof that code ran."""
+
+    def __init__(self, path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def write_evil_pickle(path: Path, canary: Path) -> None:
+    """A checkpoint-shaped pickle that creates `canary` if it is ever unpickled."""
+    torch.save({"state_dict": {"evil": Canary(canary)}}, path)

@@ -81,6 +81,14 @@ def nan_model(models, tmp_path) -> Path:
     return broken
 
 
-def run_module(*args: str, **kwargs):
-    """The argv for running txt2img as a real process."""
-    return [sys.executable, "-m", "txt2img", *map(str, args)]
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules that draw with the CLI and with diffusers in this process: the tiny
+    models' ops are far too small to gain from threads, and on a busy machine idle-spinning
+    OpenMP threads make a module 10x slower. Both sides run alike, so pixels compare."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

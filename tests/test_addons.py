@@ -21,6 +21,7 @@ from addon_files import (
     text_encoder_dims,
     write_diffusers_lora,
     write_embedding,
+    write_evil_pickle,
     write_kohya_lora,
     write_sdxl_embedding,
     write_vae,
@@ -41,15 +42,7 @@ GUIDANCE = 7.5  # the CLI's default for non-Turbo models (diffusers' SDXL defaul
 EMBEDDING_PROMPT = "a photo of myword at dawn"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """The tiny models' ops are far too small to gain from threads, and on a busy machine
-    idle-spinning OpenMP threads make this module 10x slower. The CLI and the diffusers
-    references run in this process alike, so the pixels stay comparable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- the add-on files, built once for this module ------------------------------------------
@@ -526,22 +519,12 @@ def test_vae_safetensors_under_a_pickle_style_name(cli, tmp_path, models, files,
     np.testing.assert_array_equal(pixels(path), with_vae)
 
 
-class Canary:
-    """Unpickling this would create a file: the proof that code ran."""
-
-    def __init__(self, path) -> None:
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
 @pytest.mark.parametrize("flag", ["--lora", "--embedding", "--vae"])
 def test_malicious_pickle_addon_never_runs_even_when_allowed(cli, tmp_path, models, flag):
     """Like a malicious --model (exit 4, "weights-only"): the weights-only loader refuses
     it, and the message says so instead of torch's advice on how to load it anyway."""
     canary, path, out = tmp_path / "canary", tmp_path / "evil.pt", tmp_path / "out"
-    torch.save({"state_dict": {"evil": Canary(canary)}}, path)
+    write_evil_pickle(path, canary)
     result = cli(PROMPT, "-m", models["sd1"], flag, path, "--allow-pickle", "-q", "-o", out)
     assert not canary.exists()
     message = assert_one_line_error(result, ExitCode.UNSAFE_CHECKPOINT, out)

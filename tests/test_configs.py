@@ -45,6 +45,8 @@ CONFIGS = ROOT / "txt2img" / "model" / "configs"
 
 import build_configs as build  # noqa: E402  (scripts/ is on sys.path: see conftest.py)
 
+from txt2img.model.source import readable_config  # noqa: E402
+
 VAE_PARAMETERS = 83_653_863  # the SD VAE (AutoencoderKL f=8, 4 latent channels): all four
 CLIP_L = 123_060_480  # OpenAI CLIP ViT-L/14 text model
 OPEN_CLIP_H = 340_387_840  # OpenCLIP ViT-H/14 text model, 23 of its 24 layers (as SD 2 uses it)
@@ -135,9 +137,7 @@ def parameters(model: torch.nn.Module) -> int:
 
 def test_the_folders_hold_exactly_the_configs_and_tokenizer_files():
     expected = set(build.render_json()) | {
-        f"{directory}/{name}"
-        for directory in build.TOKENIZER_DIRS
-        for name in ("vocab.json", "merges.txt")
+        f"{build.VOCAB_DIR}/{name}" for name in ("vocab.json", "merges.txt")
     }
     shipped = {
         path.relative_to(CONFIGS).as_posix()
@@ -250,13 +250,15 @@ def test_the_scheduler_loads_as_published(folder):
 
 @pytest.fixture(scope="module")
 def tokenizers() -> dict[tuple[str, str], CLIPTokenizer]:
-    """Every shipped tokenizer, loaded the way from_single_file loads it."""
-    return {
-        (folder, name): CLIPTokenizer.from_pretrained(
-            folder_path(folder), subfolder=name, local_files_only=True
-        )
-        for folder, name in TOKENIZERS
-    }
+    """Every shipped tokenizer, loaded the way from_single_file loads it (from the folder
+    txt2img hands it, the shared vocabulary linked in)."""
+    loaded = {}
+    for folder, name in TOKENIZERS:
+        with readable_config(folder_path(folder)) as readable:
+            loaded[folder, name] = CLIPTokenizer.from_pretrained(
+                readable, subfolder=name, local_files_only=True
+            )
+    return loaded
 
 
 @pytest.mark.parametrize(("folder", "name"), TOKENIZERS)
@@ -272,20 +274,19 @@ def test_the_tokenizer_loads_with_the_clip_vocabulary(tokenizers, folder, name):
     assert set(ids[len(PROMPT_IDS) :]) == {tokenizer.pad_token_id}
 
 
-def test_every_tokenizer_has_the_same_vocabulary():
+def test_the_package_holds_one_copy_of_the_clip_vocabulary():
     for file in ("vocab.json", "merges.txt"):
-        contents = {(CONFIGS / d / file).read_bytes() for d in build.TOKENIZER_DIRS}
-        assert len(contents) == 1, file
+        assert [path.parent.name for path in CONFIGS.rglob(file)] == [build.VOCAB_DIR], file
 
 
 def test_the_vocabulary_follows_the_clip_bpe_rules():
     """The first 512 ids are the byte symbols and the same with </w>; merges are pairs."""
-    tokenizer = CLIPTokenizer.from_pretrained(folder_path("sd1"), subfolder="tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(CONFIGS / build.VOCAB_DIR)
     vocab = tokenizer.get_vocab()
     symbols = list(build.bytes_to_unicode().values())
     assert [vocab[s] for s in symbols] == list(range(256))
     assert [vocab[s + "</w>"] for s in symbols] == list(range(256, 512))
-    merges = (CONFIGS / "sd1" / "tokenizer" / "merges.txt").read_text("utf-8").splitlines()
+    merges = (CONFIGS / build.VOCAB_DIR / "merges.txt").read_text("utf-8").splitlines()
     assert merges[0] == "#version: 0.2" and len(merges) == 1 + 49408 - 512 - 2
     assert vocab["".join(merges[1].split())] == 512
     assert vocab["".join(merges[-1].split())] == 49405

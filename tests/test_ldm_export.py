@@ -71,5 +71,5 @@ def test_round_trip_gives_the_same_weights_and_pixels(models, tmp_path, family):
 def test_float16_export(models, tmp_path, family):
     file = export_single_file(models[family], tmp_path / "model.safetensors", torch.float16)
     assert {v.dtype for v in load_file(file).values()} == {torch.float16}
-    single = load_single_file(file, models[family], tmp_path, torch_dtype=torch.float16)
+    single = load_single_file(file, models[family], tmp_path, dtype=torch.float16)
     assert_same_weights(DiffusionPipeline.from_pretrained(models[family]), single, torch.float16)

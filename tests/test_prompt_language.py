@@ -35,12 +35,7 @@ NEGATIVE = "lowres, (bad:1.4)"
 NEGATIVE_FRAGMENTS = [[("lowres, ", 1.0), ("bad", 1.4)]]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -468,7 +468,7 @@ def test_verbose_leaves_the_libraries_logs_on(cli, tmp_path, models, flag, level
 def test_fp16_loads_the_fp16_variant_where_there_is_one(cli, tmp_path, models):
     model = tmp_path / "with-variant"
     shutil.copytree(models["sd1"], model)
-    pipe = StableDiffusionPipeline.from_pretrained(models["sd1"], torch_dtype=torch.float16)
+    pipe = StableDiffusionPipeline.from_pretrained(models["sd1"], dtype=torch.float16)
     with torch.no_grad():
         for parameter in pipe.unet.parameters():
             parameter.mul_(0.5)  # the variant differs, so the pixels tell which was loaded
@@ -476,9 +476,7 @@ def test_fp16_loads_the_fp16_variant_where_there_is_one(cli, tmp_path, models):
     assert list(model.glob("unet/*.fp16.safetensors"))
 
     def image(folder, **load):
-        reference = StableDiffusionPipeline.from_pretrained(
-            folder, torch_dtype=torch.float16, **load
-        )
+        reference = StableDiffusionPipeline.from_pretrained(folder, dtype=torch.float16, **load)
         reference.set_progress_bar_config(disable=True)
         out = reference("a fox", num_inference_steps=1, guidance_scale=7.5,
                         generator=torch.Generator("cpu").manual_seed(1)).images[0]  # fmt: skip

@@ -8,6 +8,7 @@ import struct
 
 import pytest
 import torch
+from addon_files import write_evil_pickle
 
 from txt2img.errors import ExitCode
 
@@ -15,16 +16,6 @@ from txt2img.errors import ExitCode
 def safetensors_bytes() -> bytes:
     header = json.dumps({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
     return struct.pack("<Q", len(header)) + header + b"\x00\x00\x80\x3f"
-
-
-class Canary:
-    """Unpickling this would create a file: the proof that code ran."""
-
-    def __init__(self, path) -> None:
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
 
 
 @pytest.fixture
@@ -76,7 +67,7 @@ def test_malicious_pickle_never_runs_even_when_allowed(cli, tmp_path, monkeypatc
         monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     canary = tmp_path / "canary"
     path = tmp_path / "model.ckpt"
-    torch.save({"state_dict": {"evil": Canary(canary)}}, path)
+    write_evil_pickle(path, canary)
     result = run(cli, tmp_path, path, "--allow-pickle")
     assert result.exit_code == ExitCode.UNSAFE_CHECKPOINT, result.stderr
     assert "weights-only" in result.stderr

@@ -58,7 +58,9 @@ def test_without_config_the_built_in_one_is_used(cli, tmp_path, checkpoints, mon
     seen = {}
 
     def fake_from_single_file(cls, path, **kwargs):
-        seen.update(kwargs, path=path)
+        folder = Path(kwargs["config"])  # links, while the call lasts
+        seen.update(kwargs, path=path, index=(folder / "model_index.json").resolve(),
+                    vocab=(folder / "tokenizer" / "vocab.json").resolve())  # fmt: skip
         raise OSError("stop here")
 
     monkeypatch.setattr(
@@ -66,7 +68,9 @@ def test_without_config_the_built_in_one_is_used(cli, tmp_path, checkpoints, mon
     )
     result = cli("a fox", "-m", checkpoints["sd1"], "-q", "-o", tmp_path)
     assert result.exit_code == ExitCode.MODEL
-    assert seen["config"] == str(CONFIGS / "sd1") and seen["local_files_only"] is True
+    assert seen["index"] == CONFIGS / "sd1" / "model_index.json"
+    assert seen["vocab"] == CONFIGS / "clip-vocab" / "vocab.json"  # the one shared copy
+    assert seen["local_files_only"] is True
 
 
 def test_safetensors_under_another_name_still_loads(cli, tmp_path, models, checkpoints):

@@ -64,7 +64,7 @@ def load_vae(
         config, subfolder = model_config
         vae = AutoencoderKL.from_single_file(
             read_weights(source), config=config, subfolder=subfolder, local_files_only=True,
-            torch_dtype=dtype,
+            dtype=dtype,
         )  # fmt: skip
     else:
         pickled = source.is_local and bool(pickled_files(Path(source.location)))

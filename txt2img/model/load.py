@@ -34,7 +34,14 @@ from ..settings import Device, Dtype, LoadOptions, MemorySavers
 from . import hashes
 from .addons import AddOn, Loras, load_embeddings, load_loras, load_vae
 from .fast import apply_fast_path, speedups_for
-from .source import CONFIGS, PIPELINE_CLASSES, ModelPlan, ModelSource, SourceKind
+from .source import (
+    CONFIGS,
+    PIPELINE_CLASSES,
+    ModelPlan,
+    ModelSource,
+    SourceKind,
+    readable_config,
+)
 from .weights import WeightsFormat, load_pickle, named_for_its_format, refused_pickle
 
 PIPELINES = {name: getattr(diffusers, name) for name in PIPELINE_CLASSES}
@@ -241,11 +248,15 @@ def _load_single_file(
     they are, so diffusers never unpickles anything itself."""
     path = Path(source.location)
     pipeline_class = _pipeline_class(json.loads((config / "model_index.json").read_text()))
-    with named_for_its_format(path, source.weights_format) as named, _tensors_from_us(state):
+    with (
+        named_for_its_format(path, source.weights_format) as named,
+        _tensors_from_us(state),
+        readable_config(config) as folder,
+    ):
         # Single files carry no safety checker; say so, so diffusers does not warn.
         no_checker = {"requires_safety_checker": False}
         return pipeline_class.from_single_file(
-            str(named), config=str(config), local_files_only=True, dtype=dtype,
+            str(named), config=str(folder), local_files_only=True, dtype=dtype,
             **(no_checker if pipeline_class is StableDiffusionPipeline else {}),
         )  # fmt: skip
 

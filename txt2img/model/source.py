@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -84,6 +87,7 @@ def locate(model: str, allow_pickle: bool = False) -> ModelSource:
 
 
 CONFIGS = Path(__file__).parent / "configs"
+CLIP_VOCAB = CONFIGS / "clip-vocab"  # the one copy of CLIP's vocab.json and merges.txt
 BUILT_IN_CONFIGS = ("sd1", "sd2", "sd2-v", "sdxl")
 
 
@@ -283,3 +287,25 @@ def plan_model(
             for name, path in (named_loras or {}).items()
         },
     )
+
+
+@contextmanager
+def readable_config(config: Path) -> Iterator[Path]:
+    """`config` as diffusers reads it. The built-in folders' tokenizers share one copy of
+    CLIP's vocabulary (`CLIP_VOCAB`), so diffusers is given a temporary folder of links:
+    to the folder's own files, and to the vocabulary in each tokenizer folder."""
+    tokenizers = [d for d in config.glob("tokenizer*") if not (d / "vocab.json").exists()]
+    if not tokenizers:
+        yield config
+        return
+    with tempfile.TemporaryDirectory(prefix="txt2img-config-") as temporary:
+        linked = Path(temporary) / config.name
+        linked.mkdir()
+        for entry in config.iterdir():
+            if entry in tokenizers:
+                (linked / entry.name).mkdir()
+                for file in [*entry.iterdir(), *CLIP_VOCAB.iterdir()]:
+                    (linked / entry.name / file.name).symlink_to(file)
+            else:
+                (linked / entry.name).symlink_to(entry)
+        yield linked
