@@ -33,6 +33,7 @@ class ServerProcess:
         self._watchdog.start()
         self.lines: list[str] = []
         self._returned: set[int] = set()  # lines `wait_for` has returned
+        self._released = 0  # bytes `go_on` has written: paused steps let go on
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -68,6 +69,20 @@ class ServerProcess:
 
     def go_on(self) -> None:
         os.write(self._go, b"x")
+        self._released += 1
+
+    def release_pauses(self) -> None:
+        """Let every step that paused so far go on, its line taken as waited for: after a
+        test that failed midway, the next one starts from a server that is not paused."""
+        if self.pause is None:
+            return
+        pattern = re.escape(f"txt2img: paused at {self.pause}")
+        with self._changed:
+            pauses = [n for n, line in enumerate(self.lines)
+                      if line is not None and re.search(pattern, line)]  # fmt: skip
+            self._returned.update(pauses)
+        for _ in range(len(pauses) - self._released):
+            self.go_on()
 
     def log(self) -> str:
         with self._changed:

@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.scripts  # see pyproject.toml
+
 ROOT = Path(__file__).resolve().parent.parent
 
 SECONDS = r"\d+\.\d{3} s \(\d+\.\d{3}-\d+\.\d{3}\)"  # median (min-max)

@@ -149,6 +149,7 @@ def test_the_folders_hold_exactly_the_configs_and_tokenizer_files():
     assert (CONFIGS / "README.md").is_file()
 
 
+@pytest.mark.scripts
 def test_the_json_files_are_what_the_build_script_writes():
     assert build.compare(build.render_json()) == [], "run python scripts/build_configs.py"
 
@@ -324,6 +325,7 @@ def open_clip_tokenizer(open_clip_dir):
     return module.SimpleTokenizer()
 
 
+@pytest.mark.scripts
 def test_the_vocabulary_is_derived_from_open_clips_bpe_file(open_clip_dir):
     files = build.render_tokenizer(build.read_bpe())
     assert build.compare(files) == []

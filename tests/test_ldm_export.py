@@ -14,6 +14,8 @@ from ldm_export import export_single_file
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+pytestmark = pytest.mark.scripts  # see pyproject.toml
+
 FAMILIES = ("sd1", "sd2-v", "sdxl")
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 TEXT_ENCODER_PREFIXES = {

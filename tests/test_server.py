@@ -213,12 +213,14 @@ def test_api_draws_a_seed_for_minus_one_and_n_iter_images(server):
 def test_options_switch_the_model_and_ignore_unknown_keys(server):
     client = api(server)
     tiny = next(m["title"] for m in client.get_sd_models() if "tiny-sd1" in m["title"])
-    assert post(server, "options", {"sd_model_checkpoint": tiny, "unknown_key": 1}).json() is None
-    assert client.util_get_current_model() == tiny
-    info = post(server, "txt2img", {**REQUEST, "seed": 1}).json()["info"]
-    assert json.loads(info)["sd_model_name"] == "tiny-sd1"
-    server.wait_for(r"unloading demo_model \(--models-memory\)")  # least recently used
-    client.util_set_model("demo_model")
+    try:
+        assert post(server, "options", {"sd_model_checkpoint": tiny, "x": 1}).json() is None
+        assert client.util_get_current_model() == tiny
+        info = post(server, "txt2img", {**REQUEST, "seed": 1}).json()["info"]
+        assert json.loads(info)["sd_model_name"] == "tiny-sd1"
+        server.wait_for(r"unloading demo_model \(--models-memory\)")  # least recently used
+    finally:  # the other tests expect the default model
+        client.util_set_model("demo_model")
     assert client.util_get_current_model() == "demo_model"
     server.wait_for(r"unloading tiny-sd1 \(--models-memory\)")
     missing = post(server, "options", {"sd_model_checkpoint": "../../etc/passwd"})
@@ -493,6 +495,21 @@ def guarded():
 AUTH = (USER, PASSWORD)
 
 
+@pytest.fixture
+def paused(guarded):
+    """The paused server, settled after the test whatever it did: every request in flight
+    interrupted, every paused step let go on, until the server has no work. So a test that
+    fails midway never leaves the next one a paused server."""
+    yield guarded
+    if guarded.process.poll() is not None:
+        return
+    requests.post(f"{guarded.url}/sdapi/v1/interrupt", auth=AUTH, timeout=60)
+    while job_count(guarded):
+        guarded.release_pauses()
+        threading.Event().wait(0.05)
+    guarded.release_pauses()
+
+
 def in_thread(call, *args, **kwargs) -> tuple[threading.Thread, list]:
     result: list = []
     thread = threading.Thread(target=lambda: result.append(call(*args, **kwargs)))
@@ -512,8 +529,8 @@ def wait_for_job_count(served: ServerProcess, count: int) -> None:
         threading.Event().wait(0.05)
 
 
-def test_auth_is_needed_on_every_route_and_cors_names_origins(guarded):
-    url = f"{guarded.url}/sdapi/v1"
+def test_auth_is_needed_on_every_route_and_cors_names_origins(paused):
+    url = f"{paused.url}/sdapi/v1"
     for route in ("options", "sd-models", "progress", "samplers", "loras"):
         refused = requests.get(f"{url}/{route}", timeout=60)
         assert refused.status_code == 401 and refused.headers["WWW-Authenticate"].startswith(
@@ -524,7 +541,7 @@ def test_auth_is_needed_on_every_route_and_cors_names_origins(guarded):
     assert wrong.status_code == 401
     a1111_shape(wrong.json(), "Incorrect username or password")
     assert requests.post(f"{url}/txt2img", json=REQUEST, timeout=60).status_code == 401
-    client = api(guarded, username=USER, password=PASSWORD)
+    client = api(paused, username=USER, password=PASSWORD)
     assert client.util_get_current_model() == "demo_model"
     preflight = {"Origin": ORIGIN, "Access-Control-Request-Method": "POST"}
     allowed = requests.options(f"{url}/txt2img", headers=preflight, timeout=60)
@@ -534,89 +551,94 @@ def test_auth_is_needed_on_every_route_and_cors_names_origins(guarded):
     assert "access-control-allow-origin" not in other.headers
 
 
-def test_interrupt_a_full_queue_and_merged_requests(guarded, reference):
-    first, answer = in_thread(post, guarded, "txt2img", {**REQUEST, "seed": 100}, auth=AUTH)
-    guarded.wait_for_pause()  # request 1 is drawing
-    progress = requests.get(f"{guarded.url}/sdapi/v1/progress", auth=AUTH, timeout=60).json()
+def test_interrupt_a_full_queue_and_merged_requests(paused, reference):
+    first, answer = in_thread(post, paused, "txt2img", {**REQUEST, "seed": 100}, auth=AUTH)
+    paused.wait_for_pause()  # request 1 is drawing
+    progress = requests.get(f"{paused.url}/sdapi/v1/progress", auth=AUTH, timeout=60).json()
     assert progress["state"]["job_count"] == 1 and progress["state"]["sampling_step"] == 1
-    queued = [in_thread(post, guarded, "txt2img", {**REQUEST, "seed": s}, auth=AUTH)
+    queued = [in_thread(post, paused, "txt2img", {**REQUEST, "seed": s}, auth=AUTH)
               for s in (101, 102)]  # fmt: skip
-    wait_for_job_count(guarded, 3)
-    full = post(guarded, "txt2img", REQUEST, auth=AUTH)
+    wait_for_job_count(paused, 3)
+    full = post(paused, "txt2img", REQUEST, auth=AUTH)
     assert full.status_code == 503 and full.headers["Retry-After"].isdigit()
     a1111_shape(full.json(), "queue is full")
-    assert requests.post(f"{guarded.url}/sdapi/v1/interrupt", auth=AUTH, timeout=60).json() == {}
-    guarded.go_on()
+    assert requests.post(f"{paused.url}/sdapi/v1/interrupt", auth=AUTH, timeout=60).json() == {}
+    paused.go_on()
     first.join(timeout=120)
     assert answer[0].status_code == 200 and len(answer[0].json()["images"]) == 1
     partial = pixels(decoded(answer[0].json()["images"][0]))  # decoded after 2 of 4 steps
     assert not np.array_equal(partial, reference[100])
-    guarded.wait_for(r"request 1 \(txt2img\): interrupted")
+    paused.wait_for(r"request 1 \(txt2img\): interrupted")
     # The two queued requests are drawn in one call, each with its own seed.
-    guarded.wait_for(r"requests \d+, \d+: 2 images drawn in one pipeline call")
-    guarded.wait_for_pause()
-    guarded.go_on()
+    paused.wait_for(r"requests \d+, \d+: 2 images drawn in one pipeline call")
+    paused.wait_for_pause()
+    paused.go_on()
     for (thread, result), seed in zip(queued, (101, 102), strict=True):
         thread.join(timeout=120)
         image = decoded(result[0].json()["images"][0])
         assert json.loads(result[0].json()["info"])["all_seeds"] == [seed]
         assert np.abs(pixels(image) - reference[seed]).max() <= 1
-    assert job_count(guarded) == 0
+    assert job_count(paused) == 0
 
 
-def test_skip_ends_the_call_in_flight_and_draws_the_rest(guarded, reference):
+def test_skip_ends_the_call_in_flight_and_draws_the_rest(paused, reference):
     body = {**REQUEST, "seed": 110, "n_iter": 2}  # two calls: images 0 and 1
-    request, answer = in_thread(post, guarded, "txt2img", body, auth=AUTH)
-    guarded.wait_for_pause()  # image 0 after step 1
-    assert requests.post(f"{guarded.url}/sdapi/v1/skip", auth=AUTH, timeout=60).json() == {}
-    guarded.go_on()
+    request, answer = in_thread(post, paused, "txt2img", body, auth=AUTH)
+    paused.wait_for_pause()  # image 0 after step 1
+    assert requests.post(f"{paused.url}/sdapi/v1/skip", auth=AUTH, timeout=60).json() == {}
+    paused.go_on()
     request.join(timeout=120)
     images = [pixels(decoded(image)) for image in answer[0].json()["images"]]
     assert len(images) == 2 and not np.array_equal(images[0], reference[110])
     assert np.array_equal(images[1], reference[111])
 
 
-def test_a_client_that_goes_away_has_its_job_cancelled(guarded, tmp_path):
+def test_a_client_that_goes_away_has_its_job_cancelled(paused, tmp_path):
     body = json.dumps({**REQUEST, "seed": 1}).encode()
     token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-    with socket.create_connection(("127.0.0.1", guarded.port)) as sock:
+    with socket.create_connection(("127.0.0.1", paused.port)) as sock:
         sock.sendall(b"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                      b"Content-Type: application/json\r\nAuthorization: Basic "
                      + token.encode() + b"\r\nContent-Length: " + str(len(body)).encode()
                      + b"\r\n\r\n" + body)  # fmt: skip
-        guarded.wait_for_pause()
-    guarded.wait_for(r"\(txt2img\): the client went away; cancelled")
-    guarded.go_on()
-    wait_for_job_count(guarded, 0)
+        paused.wait_for_pause()
+    paused.wait_for(r"\(txt2img\): the client went away; cancelled")
+    paused.go_on()
+    wait_for_job_count(paused, 0)
     # A --server run stopped with Ctrl-C: its request is cancelled, no file is left.
-    url = f"http://{USER}:{quote(PASSWORD, safe='')}@127.0.0.1:{guarded.port}"
+    url = f"http://{USER}:{quote(PASSWORD, safe='')}@127.0.0.1:{paused.port}"
     client = subprocess.Popen(
         [sys.executable, "-m", "txt2img", "a red circle", "--seed", "1", "-W", str(SIDE),
          "-H", str(SIDE), "-o", str(tmp_path), "--server", url],
         stderr=subprocess.PIPE, text=True, env=process_env(), preexec_fn=_default_sigint,
     )  # fmt: skip
-    guarded.wait_for_pause()
+    paused.wait_for_pause()
     client.send_signal(signal.SIGINT)
     stderr = client.communicate(timeout=120)[1]
     assert client.returncode == ExitCode.INTERRUPTED, stderr
-    guarded.wait_for(r"--server\): the client went away; cancelled")
-    guarded.go_on()
-    wait_for_job_count(guarded, 0)
+    paused.wait_for(r"--server\): the client went away; cancelled")
+    paused.go_on()
+    wait_for_job_count(paused, 0)
     assert not any(tmp_path.iterdir())
-    assert job_count(guarded) == 0
+    assert job_count(paused) == 0
 
 
-def test_sigterm_mid_job_answers_and_exits_cleanly(guarded):
-    request, answer = in_thread(post, guarded, "txt2img", {**REQUEST, "seed": 1}, auth=AUTH)
-    guarded.wait_for_pause()
-    guarded.process.send_signal(signal.SIGTERM)
-    guarded.wait_for("SIGTERM: finishing")
-    guarded.go_on()
-    request.join(timeout=120)
-    assert answer[0].status_code == 503
-    a1111_shape(answer[0].json(), "shutting down")
-    assert guarded.process.wait(timeout=120) == 0
-    guarded.wait_for("txt2img serve: stopped")
+def test_sigterm_mid_job_answers_and_exits_cleanly():
+    """On a server of its own: it ends the server."""
+    served = ServerProcess("-m", "demo", "--api-auth", f"{USER}:{PASSWORD}", pause="step:0:1")
+    try:
+        request, answer = in_thread(post, served, "txt2img", {**REQUEST, "seed": 1}, auth=AUTH)
+        served.wait_for_pause()
+        served.process.send_signal(signal.SIGTERM)
+        served.wait_for("SIGTERM: finishing")
+        served.go_on()
+        request.join(timeout=120)
+        assert answer[0].status_code == 503
+        a1111_shape(answer[0].json(), "shutting down")
+        assert served.process.wait(timeout=120) == 0
+        served.wait_for("txt2img serve: stopped")
+    finally:
+        served.stop()
 
 
 # --- Starting ---------------------------------------------------------------------------
