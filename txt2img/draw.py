@@ -36,23 +36,7 @@ from .outputs.steps import StepRecorder, recording, strip
 from .pause import pause_at
 from .prompt.encode import PromptEncoder
 from .records.write import image_record
-from .settings import LoadOptions, Settings
-
-
-@dataclass(frozen=True)
-class DrawOptions:
-    """What drawing needs of a run beside its jobs: from the command line's settings, or
-    from a request to `txt2img serve`."""
-
-    batch_size: int = 1
-    keep_going: bool = False
-    save_steps: int | None = None
-    verbose: bool = False
-
-    @classmethod
-    def of(cls, settings: Settings) -> DrawOptions:
-        return cls(settings.batch_size, settings.keep_going, settings.save_steps,
-                   settings.verbose)  # fmt: skip
+from .settings import DrawOptions, LoadOptions
 
 
 class Sink(Protocol):

@@ -25,7 +25,7 @@ from .outputs.files import (
 )
 from .outputs.progress import Reporter
 from .prompt.syntax import take_lora_tags
-from .settings import Existing, Settings
+from .settings import DrawOptions, Existing, Settings
 
 
 def run(settings: Settings) -> None:
@@ -61,7 +61,7 @@ def run(settings: Settings) -> None:
     else:
         # 4. load
         quiet_libraries(settings.load.offline, settings.verbose)
-        from .draw import DrawOptions, draw_jobs, load_model  # torch loads from here on
+        from .draw import draw_jobs, load_model  # torch loads from here on
 
         model = load_model(plan, settings.load, settings.verbose, reporter)
         # 5. for each pipeline call: encode, draw, check, record, write

@@ -98,6 +98,22 @@ class Settings:
     from_image: FromImage = field(default_factory=FromImage)
 
 
+@dataclass(frozen=True)
+class DrawOptions:
+    """What drawing needs of a run beside its jobs: from the command line's settings, or
+    from a request to `txt2img serve`."""
+
+    batch_size: int = 1
+    keep_going: bool = False
+    save_steps: int | None = None
+    verbose: bool = False
+
+    @classmethod
+    def of(cls, settings: Settings) -> DrawOptions:
+        return cls(settings.batch_size, settings.keep_going, settings.save_steps,
+                   settings.verbose)  # fmt: skip
+
+
 def random_seed() -> int:
     """A fresh base seed in A1111's 32-bit range, so it is easy to read and retype."""
     return secrets.randbelow(2**32)

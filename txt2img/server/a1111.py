@@ -8,7 +8,6 @@ command line; what txt2img cannot draw as asked is refused, never ignored.
 from __future__ import annotations
 
 import json
-import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +28,7 @@ from ..model.schedulers import (
 from ..options import BY_KEY, EMPHASIS, MAX_CLIP_SKIP, MAX_SEED, check_text
 from ..prompt.syntax import check_prompts
 from ..records.write import infotext
+from ..settings import random_seed
 from .wire import check_pixels
 
 MAX_BATCH_SIZE = 16
@@ -149,7 +149,7 @@ def plan_request(request: Txt2ImgRequest, defaults: dict[str, Any], max_pixels: 
     count = batch_size * iterations
     seed = request.value("seed")
     if seed < 0:
-        seed = secrets.randbelow(2**32)
+        seed = random_seed()
     if seed > MAX_SEED - (count - 1):
         raise Refusal(400, f"seed must be at most {MAX_SEED - (count - 1)}")
     jobs = [ImageJob(k, 0, prompt, {**values, "seed": seed + k}) for k in range(count)]

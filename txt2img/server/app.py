@@ -22,7 +22,6 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from PIL import Image
 from starlette.middleware.cors import CORSMiddleware
 
-from ..draw import DrawOptions
 from ..errors import (
     OUT_OF_MEMORY_MESSAGE,
     ExitCode,
@@ -37,6 +36,7 @@ from ..options import EMPHASIS
 from ..outputs.progress import Reporter
 from ..records.read import EXIF_IFD, USER_COMMENT, _user_comment, parse_infotext
 from ..records.write import text_chunks
+from ..settings import DrawOptions
 from . import a1111
 from .a1111 import Refusal
 from .catalog import Catalog, LoadedModels
@@ -450,10 +450,8 @@ async def _stream(
         service.outcome(task, started)
         put(None)
 
-    options = DrawOptions(spec["batch_size"], spec["keep_going"], spec["save_steps"],
-                          spec["verbose"])  # fmt: skip
     task = Task(
-        f"{len(spec['jobs'])} images for txt2img --server", entry, spec["jobs"], options,
+        f"{len(spec['jobs'])} images for txt2img --server", entry, spec["jobs"], spec["options"],
         StreamSink(put), StreamReporter(put), done=spec["done"], on_finish=finished,
         lora_hashes=spec["lora_hashes"],
     )  # fmt: skip

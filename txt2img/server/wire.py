@@ -16,6 +16,7 @@ from ..errors import UsageError
 from ..jobs import ImageJob, batches
 from ..options import BY_KEY, MAX_IMAGES, RECORDED_OPTIONS, check_range
 from ..prompt.syntax import check_prompts
+from ..settings import DrawOptions
 
 DRAW_ROUTE = "/txt2img/v1/draw"
 HEARTBEAT_SECONDS = 5.0  # the server sends `wait` when it has said nothing for this long
@@ -36,8 +37,8 @@ def job_json(job: ImageJob) -> dict[str, Any]:
 def read_draw_request(body: Any, max_pixels: int) -> dict[str, Any]:
     """The checked contents of a draw request: `models` (names the server may list, the
     first it lists is drawn with; none: its current model), `lora_hashes` (a prompt tag's
-    file found by its hash when no file has its name), `jobs`, `done`, `batch_size`,
-    `keep_going`, `save_steps`, `verbose`. Every
+    file found by its hash when no file has its name), `jobs`, `done`, and `options` (from
+    `batch_size`, `keep_going`, `save_steps`, `verbose`). Every
     value is checked as the command line checks it, and pipeline calls of more than
     `max_pixels` are refused; a `UsageError` names the first bad one."""
     if not isinstance(body, dict):
@@ -77,7 +78,7 @@ def read_draw_request(body: Any, max_pixels: int) -> dict[str, Any]:
     for batch in batches(checked, options["batch_size"]):
         check_pixels(batch, max_pixels)
     return {"models": models, "lora_hashes": lora_hashes, "jobs": checked, "done": set(done),
-            **options}  # fmt: skip
+            "options": DrawOptions(**options)}  # fmt: skip
 
 
 def check_pixels(batch: list[ImageJob], max_pixels: int) -> None:

@@ -15,9 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..draw import Drawing, DrawOptions, Part, Sink, draw_call, pipeline_calls
+from ..draw import Drawing, Part, Sink, draw_call, pipeline_calls
 from ..jobs import ImageJob
 from ..outputs.progress import Reporter
+from ..settings import DrawOptions
 from .catalog import Entry, LoadedModels, Served
 from .config import ServeConfig
 from .wire import check_pixels
