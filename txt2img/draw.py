@@ -1,4 +1,8 @@
-"""Drawing images: diffusers' own pipeline call per batch, then safe PNG writes."""
+"""The draw loop, for the command line, the `--server` route and the A1111 routes alike:
+`draw_jobs` draws a run's pipeline calls (`pipeline_calls`) one by one; `draw_call` is one
+call for one or more parts (`txt2img serve` merges requests), each part's images checked,
+recorded and handed to its sink; `render` is the diffusers pipeline call itself, the only
+one in txt2img."""
 
 from __future__ import annotations
 

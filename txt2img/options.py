@@ -347,6 +347,23 @@ def all_flags() -> tuple[str, ...]:
     return (*flags, *OTHER_FLAGS)
 
 
+def from_json(value: Any, kind: type) -> Any:
+    """`value`, read from JSON (a JSONL prompt line, a txt2img record, the server's draw
+    route), as an option of type `kind` takes it; TypeError if it is none. JSON's own
+    types, strictly: "40" and 40.5 are no integer, true is no number; an integer is a
+    float too (inf if too big for one, which the option's check refuses)."""
+    if isinstance(value, bool) != (kind is bool):
+        raise TypeError(value)
+    if kind is float and isinstance(value, int | float):
+        try:
+            return float(value)
+        except OverflowError:
+            return math.inf
+    if not isinstance(value, kind):
+        raise TypeError(value)
+    return value
+
+
 def check_prompt(prompt: str) -> None:
     if not prompt.strip():
         raise UsageError("the prompt is empty", "give the text to draw, e.g. txt2img 'a red fox'")

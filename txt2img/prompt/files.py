@@ -32,7 +32,6 @@ from __future__ import annotations
 import codecs
 import difflib
 import json
-import math
 import re
 import shlex
 import sys
@@ -53,6 +52,7 @@ from ..options import (
     Option,
     all_flags,
     check_prompt,
+    from_json,
 )
 
 OVERRIDE_KEYS = tuple(option.key for option in IMAGE_OPTIONS)
@@ -310,16 +310,10 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _json_value(key: str, kind: type, value: Any) -> Any:
-    """JSON's own types, strictly: "40" or 40.5 is no integer, and neither is true."""
-    fits = isinstance(value, int | float) if kind is float else isinstance(value, kind)
-    if not fits or isinstance(value, bool):
-        raise UsageError(f"{key!r} must be {_KIND_NAMES[kind]}, got {_json_text(value)}")
-    if kind is float:
-        try:
-            return float(value)
-        except OverflowError:  # an integer too big for a float; rejected as not finite
-            return math.inf
-    return value
+    try:
+        return from_json(value, kind)
+    except TypeError:
+        raise UsageError(f"{key!r} must be {_KIND_NAMES[kind]}, got {_json_text(value)}") from None
 
 
 def _json_text(value: Any) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..model.schedulers import scheduler_for
-from ..options import EMPHASIS, RECORDED_OPTIONS
+from ..options import EMPHASIS, RECORDED_OPTIONS, from_json
 
 USER_COMMENT = 0x9286  # EXIF UserComment, in the Exif IFD
 EXIF_IFD = 0x8769
@@ -258,12 +258,12 @@ def _typed(record: dict[str, Any], key: str, kind: type, path: Path) -> Any:
     """A record's value of the option's type (None where the option takes the model's
     default); anything else is a problem of the image."""
     value = record[key]
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    nullable = key in ("scheduler", "steps", "guidance", "width", "height")
-    if (value is None and nullable) or (type(value) is kind and kind is not Path):
+    if value is None and key in ("scheduler", "steps", "guidance", "width", "height"):
         return value
-    raise UsageError(f"{path}: its recorded {key} {value!r} is not a {kind.__name__}")
+    try:
+        return from_json(value, kind)
+    except TypeError:
+        raise UsageError(f"{path}: its recorded {key} {value!r} is not a {kind.__name__}") from None
 
 
 def print_image_settings(paths: list[Path], json_lines: bool) -> int:

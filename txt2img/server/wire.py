@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..jobs import ImageJob, batches
-from ..options import BY_KEY, MAX_IMAGES, RECORDED_OPTIONS, check_range
+from ..options import BY_KEY, MAX_IMAGES, RECORDED_OPTIONS, check_range, from_json
 from ..prompt.syntax import check_prompts
 from ..settings import DrawOptions
 
@@ -67,10 +67,9 @@ def read_draw_request(body: Any, max_pixels: int) -> dict[str, Any]:
                for key in ("batch_size", "keep_going", "save_steps", "verbose")}  # fmt: skip
     for key, kind in (("batch_size", int), ("save_steps", int), ("keep_going", bool),
                       ("verbose", bool)):  # fmt: skip
-        value = options[key]
-        if (value is not None or key != "save_steps") and not _typed(value, kind):
-            raise UsageError(f"{key} must be a {kind.__name__}")
-        BY_KEY[key].validate(value)
+        if options[key] is not None or key != "save_steps":
+            options[key] = _of_kind(options[key], kind, key)
+        BY_KEY[key].validate(options[key])
     check_range("batch_size", options["batch_size"], 1, MAX_IMAGES)
     checked = [_job(item) for item in jobs]
     if len({job.index for job in checked}) != len(checked):
@@ -110,13 +109,14 @@ def _job(item: Any) -> ImageJob:
         raise UsageError(f"a job's values must be {', '.join(_VALUE_KEYS)}, in that order")
     if not (_is_int(item["index"]) and _is_int(item["line"]) and isinstance(item["prompt"], str)):
         raise UsageError("a job's index and line must be integers and its prompt text")
+    values = dict(values)
     for key, value in values.items():
         option = BY_KEY[key]
         if value is None and option.default is not None:
             raise UsageError(f"{option.flag} must be given, got null")
-        if value is not None and not _typed(value, option.kind):
-            raise UsageError(f"{option.flag} must be {option.kind.__name__}, got {value!r}")
-        option.validate(value)
+        if value is not None:
+            values[key] = _of_kind(value, option.kind, option.flag)
+        option.validate(values[key])
     if values["seed"] is None:
         raise UsageError("every job needs its seed")
     BY_KEY["negative_prompt"].validate(item["prompt"])
@@ -124,11 +124,8 @@ def _job(item: Any) -> ImageJob:
     return ImageJob(item["index"], item["line"], item["prompt"], values)
 
 
-def _typed(value: Any, kind: type) -> bool:
-    if kind is float:  # a JSON integer too, if a float can hold it
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return False
-        return isinstance(value, float) or abs(value) < 2**1000
-    if kind is int:
-        return _is_int(value)
-    return isinstance(value, kind)
+def _of_kind(value: Any, kind: type, name: str) -> Any:
+    try:
+        return from_json(value, kind)
+    except TypeError:
+        raise UsageError(f"{name} must be {kind.__name__}, got {value!r}") from None
