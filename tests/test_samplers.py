@@ -34,7 +34,8 @@ def a1111_reads(parameters: str) -> str:
 
 @pytest.mark.parametrize("name", SCHEDULERS)
 def test_every_scheduler_is_written_as_a1111_reads_it_back(name):
-    sampler, schedule = a1111_sampler(name, SCHEDULERS[name].class_name, {})
+    spec = SCHEDULERS[name]
+    sampler, schedule = a1111_sampler(name, spec.class_name, spec.options)  # as built
     text = f"a fox\nSteps: 2, Sampler: {sampler}, Schedule type: {schedule}, CFG scale: 7"
     assert a1111_reads(text) == name
 
@@ -44,6 +45,8 @@ def test_every_scheduler_is_written_as_a1111_reads_it_back(name):
     [
         ("Sampler: DPM++ 2M", "dpm++2m-karras"),  # Automatic: Karras, since A1111 1.9
         ("Sampler: DPM++ 2M, Version: v1.8.0", "dpm++2m"),  # before 1.9: uniform
+        ("Sampler: DPM++ 2M, Version: f0.0.17v1.8.0rc-latest-276-g29be1da7", "dpm++2m"),  # Forge
+        ("Sampler: Euler a Automatic", "euler-a"),
         ("Sampler: DPM++ 2M, Version: v1.10.1", "dpm++2m-karras"),
         ("Sampler: DPM++ 2M, Schedule type: Uniform", "dpm++2m"),
         ("Sampler: DPM++ 2M Karras", "dpm++2m-karras"),  # A1111 before 1.9
@@ -73,6 +76,46 @@ def test_a_sampler_txt2img_lacks_is_refused_and_names_the_option(sampler, schedu
     with pytest.raises(UsageError) as caught:
         scheduler_for(sampler, schedule)
     assert "--scheduler" in caught.value.hint
+    assert caught.value.message.endswith(
+        f"{sampler!r}" + (f" with schedule {schedule!r}" if schedule else "")
+        + ", which txt2img does not have"
+    )  # fmt: skip
+
+
+def test_a1111s_missing_fields_take_a1111s_defaults_and_gpu_noise_is_said(tmp_path, capsys):
+    from txt2img.records.redraw import values_from_image
+
+    image = a1111_png(tmp_path / "a.png", "a fox\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 1")
+    settings = read_image_settings(image)
+    assert (settings.values["clip_skip"], settings.values["emphasis"]) == (1, "original")
+    assert settings.notes and "GPU noise" in settings.notes[0]
+    values = {"clip_skip": 2, "emphasis": "ignore", "prompts_file": None, "model": None}
+    _, drawn, _ = values_from_image(image, None, values, given=set(), remote=True)
+    assert (drawn["clip_skip"], drawn["emphasis"]) == (1, "original")  # not the env's defaults
+    assert "so the picture will differ" in capsys.readouterr().err
+    cpu = a1111_png(tmp_path / "b.png", "a fox\nSteps: 2, Sampler: Euler, Seed: 1, RNG: CPU")
+    assert read_image_settings(cpu).notes == []
+    odd = a1111_png(tmp_path / "c.png", "a fox\nSteps: 2, Sampler: Euler, Emphasis: Loud, Seed: 1")
+    assert "emphasis" in read_image_settings(odd).problems  # refused unless --emphasis is given
+
+
+@pytest.mark.parametrize(
+    ("name", "class_name", "config", "expected"),
+    [
+        (None, "EulerDiscreteScheduler", {"use_karras_sigmas": True}, ("Euler", "Karras")),
+        (None, "EulerDiscreteScheduler", {}, ("Euler", "Uniform")),
+        ("euler", "EulerDiscreteScheduler", {"use_karras_sigmas": True}, ("Euler", "Karras")),
+        (None, "PNDMScheduler", {"skip_prk_steps": False}, ("PNDM", "Uniform")),  # not PLMS
+        (None, "PNDMScheduler", {"skip_prk_steps": True}, ("PLMS", "Uniform")),
+    ],
+)
+def test_the_schedule_written_is_the_one_the_config_draws_with(name, class_name, config, expected):
+    """A model's own Euler with Karras sigmas is written Karras (and then refused by
+    --from, which has no Karras Euler, rather than drawn as Uniform)."""
+    assert a1111_sampler(name, class_name, config) == expected
+    if expected == ("Euler", "Karras"):
+        with pytest.raises(UsageError):
+            scheduler_for(*expected)
 
 
 def test_a_model_scheduler_outside_the_table_is_named_by_its_class():

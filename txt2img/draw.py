@@ -291,7 +291,7 @@ def render(
     save_steps: int | None,
 ) -> Drawn:
     """One pipeline call for a batch of jobs that share their settings, with the prompt
-    embeddings built by A1111's rules (`conditioning.py`). `on_step(done, total)` is
+    embeddings built by A1111's rules (`prompt/encode.py`). `on_step(done, total)` is
     told of every step; when it returns True the call stops there (`txt2img serve`'s
     interrupt and cancel) and the images are decoded from the latents reached.
 
@@ -424,7 +424,7 @@ def image_addons(drawing: Drawing, job: ImageJob) -> list[AddOn]:
 def model_facts(
     model: LoadedModel, job: ImageJob, vae_fp32_retry: bool, addons: list[AddOn], pad_conds: bool
 ) -> dict[str, Any]:
-    """What the model and the device made of `job`: `metadata.MODEL_KEYS`."""
+    """What the model and the device made of `job`: `records.write.MODEL_KEYS`."""
     scheduler = model.pipe.scheduler
     sampler, schedule = a1111_sampler(job["scheduler"], type(scheduler).__name__, scheduler.config)
     return {
@@ -454,7 +454,7 @@ def model_facts(
 
 def mute_library_logs(verbose: bool) -> None:
     """Our own progress replaces diffusers' bars; library logs only with --verbose or
-    TXT2IMG_DEBUG=1 (their warnings are muted before the imports, in runner.py)."""
+    TXT2IMG_DEBUG=1 (their warnings are muted before the imports, in run.py)."""
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
     if not (verbose or debug_enabled()):

@@ -1,7 +1,7 @@
 """Every option of the command, declared once.
 
-The command line (`cli.py`), the prompts-file parser (`prompts.py`), the job plan and its
-batch grouping (`jobs.py`), the JSON records and the PNG metadata (`metadata.py`) all
+The command line (`cli.py`), the prompts-file parser (`prompt/files.py`), the job plan and its
+batch grouping (`jobs.py`), the JSON records and the PNG metadata (`records/write.py`) all
 derive from `OPTIONS`. A per-image option is one `Option(..., per_image=True)` entry here
 plus its behaviour where it acts on the pipeline.
 

@@ -48,11 +48,11 @@ class MemorySavers:
 
 @dataclass(frozen=True)
 class LoadOptions:
-    """How to load and place a model: what `models.open_model` needs, and no more."""
+    """How to load and place a model: what `model.load.open_model` needs, and no more."""
 
     device: Device = Device.auto
     dtype: Dtype = Dtype.auto
-    fast: bool = False  # the speed-ups that won on this kind of device (see fast.py)
+    fast: bool = False  # the speed-ups that won on this kind of device (see model/fast.py)
     compile: bool = False
     memory: MemorySavers = MemorySavers()
     safety_checker: bool = True

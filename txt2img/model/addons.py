@@ -110,7 +110,7 @@ class Loras:
         return lora
 
     def use(self, tags: tuple[Any, ...]) -> None:
-        """Switch the pipeline to --lora plus `tags` (`prompt_syntax.LoraTag`)."""
+        """Switch the pipeline to --lora plus `tags` (`prompt.syntax.LoraTag`)."""
         wanted = tuple((lora.adapter, te, unet) for lora, (te, unet) in self._weights(tags))
         if wanted != self.active and self.by_location:
             self._apply(wanted)
@@ -194,7 +194,7 @@ def load_embeddings(
 ) -> tuple[list[AddOn], dict[str, str]]:
     """Textual inversions, every one read by `read_weights` (a Hub id's file is fetched
     first); their records, and for each the tokenizer token it is loaded under. The
-    token a prompt uses (see `EmbeddingRef`) is matched by `conditioning` as a whole word
+    token a prompt uses (see `EmbeddingRef`) is matched by `prompt.encode` as a whole word
     in any case, as A1111 matches it on whole tokens; the tokenizers only know a private
     token, so a name never acts inside another word ("bad" in "badge") and may be a word
     of CLIP's own vocabulary. SDXL embeddings carry one vector set per text encoder

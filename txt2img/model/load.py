@@ -244,7 +244,7 @@ def _load_single_file(
     """An original-layout checkpoint, configured from a local diffusers config folder so
     diffusers never fetches configs from the Hub (`local_files_only` alone does not stop
     it). The folder is `--config`, or the built-in one for the family in the weights.
-    A pickle's tensors (`state`, read by `checkpoints.load_pickle`) are handed over as
+    A pickle's tensors (`state`, read by `weights.load_pickle`) are handed over as
     they are, so diffusers never unpickles anything itself."""
     path = Path(source.location)
     pipeline_class = _pipeline_class(json.loads((config / "model_index.json").read_text()))

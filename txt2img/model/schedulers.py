@@ -87,31 +87,41 @@ def build_scheduler(name: str, model_scheduler_config: Any) -> Any:
     return scheduler_class.from_config(model_scheduler_config, **spec.options)
 
 
+def schedule_of(config: Any) -> str:
+    """A1111's Schedule type for the sigmas a scheduler's config draws with."""
+    sigmas = [k for k in ("karras", "exponential", "beta") if config.get(f"use_{k}_sigmas")]
+    return sigmas[0].capitalize() if sigmas else "Uniform"
+
+
 def own_scheduler(class_name: str, config: Any) -> str | None:
     """The name of the table's scheduler that a model's own scheduler is: same class,
-    and building it from that config changes nothing. None if it is none of them."""
+    same schedule, and building it from that config changes nothing. None if it is
+    none of them."""
     for name, spec in SCHEDULERS.items():
-        if spec.class_name == class_name and all(
-            config.get(key) == value for key, value in spec.options.items()
+        if (
+            spec.class_name == class_name
+            and spec.schedule == schedule_of(config)
+            and all(config.get(key) == value for key, value in spec.options.items())
         ):
             return name
     return None
 
 
 def a1111_sampler(name: str | None, class_name: str, config: Any) -> tuple[str, str]:
-    """A1111's (Sampler, Schedule type) for a scheduler name, or for a model's own
-    scheduler (`name` None). The Schedule type is always given: a reader that finds
-    none takes A1111's "Automatic", which is Karras for DPM++ 2M."""
-    name = name or own_scheduler(class_name, config)
-    if name is not None:
-        spec = SCHEDULERS[name]
-        return spec.sampler, spec.schedule
+    """A1111's (Sampler, Schedule type) for the scheduler a job drew with: `name` (None:
+    the model's own) built as `class_name` with `config`. The Schedule type is what the
+    config draws with, and always given: a reader that finds none takes A1111's
+    "Automatic", which is Karras for DPM++ 2M."""
+    same = [n for n, spec in SCHEDULERS.items() if spec.class_name == class_name
+            and all(config.get(key) == value for key, value in spec.options.items())]  # fmt: skip
+    name = name or own_scheduler(class_name, config) or (same[0] if same else None)
+    if name is not None:  # (Euler with Karras sigmas is A1111's Euler, Karras too)
+        return SCHEDULERS[name].sampler, schedule_of(config)
     # A scheduler outside the table: its class, which `scheduler_for` refuses by name.
     sampler = class_name.removesuffix("Scheduler")
     if class_name == "DPMSolverMultistepScheduler" and "sde" in str(config.get("algorithm_type")):
         sampler = "DPM++ 2M SDE"
-    sigmas = [k for k in ("karras", "exponential", "beta") if config.get(f"use_{k}_sigmas")]
-    return sampler, sigmas[0].capitalize() if sigmas else "Uniform"
+    return sampler, schedule_of(config)
 
 
 def find_sampler(name: str) -> Sampler | None:
@@ -137,7 +147,7 @@ def split_sampler(sampler: str, schedule: str | None) -> tuple[str, str | None]:
     from it: it wins over the Schedule type, as in A1111's reader."""
     name = sampler.strip()
     head, _, tail = name.rpartition(" ")
-    if head and schedule_label(tail) not in (None, "Automatic"):
+    if head and tail and schedule_label(tail) is not None:
         return head, tail
     return name, schedule
 
@@ -147,8 +157,8 @@ def scheduler_for(sampler: str, schedule: str | None, where: str = "the image") 
     them: a schedule named at the end of the sampler ("DPM++ 2M Karras", A1111 before
     1.9; "euler_a karras", stable-diffusion.cpp) wins, and "Automatic" (or none) is the
     sampler's own default. `where` names what asked, for the message."""
-    name, schedule = split_sampler(sampler, schedule)
-    found, label = find_sampler(name), schedule_label(schedule)
+    name, named_schedule = split_sampler(sampler, schedule)
+    found, label = find_sampler(name), schedule_label(named_schedule)
     if found is not None and label == "Automatic":
         label = found.automatic
     specs = [n for n, s in SCHEDULERS.items() if found and s.sampler == found.name]

@@ -294,7 +294,9 @@ def readable_config(config: Path) -> Iterator[Path]:
     """`config` as diffusers reads it. The built-in folders' tokenizers share one copy of
     CLIP's vocabulary (`CLIP_VOCAB`), so diffusers is given a temporary folder of links:
     to the folder's own files, and to the vocabulary in each tokenizer folder."""
-    tokenizers = [d for d in config.glob("tokenizer*") if not (d / "vocab.json").exists()]
+    built_in = config.parent == CONFIGS
+    tokenizers = [d for d in config.glob("tokenizer*") if d.is_dir()]
+    tokenizers = [d for d in tokenizers if built_in and not (d / "vocab.json").exists()]
     if not tokenizers:
         yield config
         return

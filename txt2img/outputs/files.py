@@ -17,8 +17,8 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from ..errors import OutputError, StdoutClosed
-from ..records.write import json_line, text_chunks
 from ..pause import pause_at
+from ..records.write import json_line, text_chunks
 from ..settings import Existing
 
 if TYPE_CHECKING:
@@ -179,7 +179,7 @@ def emit(line: str) -> None:
 class Results:
     """stdout: one path per written image, or with --json one object per image,
     including those skipped (--resume) or failed (--keep-going), all with the same keys
-    (`metadata.JSON_KEYS`)."""
+    (`records.write.JSON_KEYS`)."""
 
     def __init__(self, json_lines: bool) -> None:
         self.json_lines = json_lines

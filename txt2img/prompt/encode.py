@@ -1,8 +1,8 @@
 """Prompt embeddings by AUTOMATIC1111's rules, on the pipeline's own tokenizers and text
 encoders; the pipeline is then called with `prompt_embeds`, never with the prompt text.
 
-Per text encoder: the prompt's fragments (`prompt_syntax.parse_attention`) are tokenized
-one by one and cut into chunks (`prompt_syntax.chunk_tokens`); each chunk is wrapped in
+Per text encoder: the prompt's fragments (`syntax.parse_attention`) are tokenized
+one by one and cut into chunks (`syntax.chunk_tokens`); each chunk is wrapped in
 BOS/EOS and padded with the tokenizer's pad id (EOS for SD 1.x and SDXL's CLIP-L, 0 for the
 OpenCLIP encoders of SD 2.x and SDXL, as in A1111); the chunks are encoded, weighted by the
 emphasis mode and joined on the token axis. The positive and negative prompts of a call are

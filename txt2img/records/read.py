@@ -182,7 +182,7 @@ def _automatic_before_1_9(fields: dict[str, str]) -> str | None:
     """A1111 before 1.9 wrote no Schedule type: a sampler drew its uniform schedule
     unless its name said otherwise ("DPM++ 2M Karras"). Since 1.9 a missing one is
     "Automatic", which is Karras for DPM++ 2M; the Version tells them apart."""
-    version = re.match(r"v1\.(\d+)\.", fields.get("Version", ""))
+    version = re.search(r"v1\.(\d+)\.", fields.get("Version", ""))  # Forge: f0.0.17v1.8.0rc
     return "Uniform" if version and int(version[1]) < 9 else None
 
 

@@ -29,7 +29,7 @@ MODEL_KEYS = (
     "device",
     "dtype",
     "vae_fp32_retry",  # the first decode gave NaN; this image was decoded in fp32
-    "speedups",  # --fast / --compile parts in use (see fast.py)
+    "speedups",  # --fast / --compile parts in use (see model/fast.py)
     "pad_conds",  # the positive and negative prompt were padded to the same chunk count
     "addons",  # VAE, LoRAs, embeddings: kind, name, hash, scale, token, te_scale, location
     "versions",

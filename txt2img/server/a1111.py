@@ -233,7 +233,10 @@ def info(plan: Plan, records: list[dict[str, Any]]) -> str:
     jobs = plan.jobs
     first = records[0] if records else {"model_name": None, "model_hash": None}
     seeds = [job["seed"] for job in jobs]
-    spec = SCHEDULERS[jobs[0]["scheduler"]]
+    spec = SCHEDULERS[jobs[0]["scheduler"]]  # as the images' records say, where there are any
+    sampler, schedule = (first["sampler"], first["schedule_type"]) if records else (
+        spec.sampler, spec.schedule
+    )  # fmt: skip
     return json.dumps({
         "prompt": jobs[0].prompt,
         "all_prompts": [job.prompt for job in jobs],
@@ -241,12 +244,12 @@ def info(plan: Plan, records: list[dict[str, Any]]) -> str:
         "all_negative_prompts": [job["negative_prompt"] for job in jobs],
         "seed": seeds[0], "all_seeds": seeds, "subseed": seeds[0], "all_subseeds": seeds,
         "subseed_strength": 0, "width": jobs[0]["width"], "height": jobs[0]["height"],
-        "sampler_name": spec.sampler, "cfg_scale": jobs[0]["guidance"],
+        "sampler_name": sampler, "cfg_scale": jobs[0]["guidance"],
         "steps": jobs[0]["steps"], "batch_size": plan.batch_size, "restore_faces": False,
         "face_restoration_model": None, "sd_model_name": first["model_name"],
         "sd_model_hash": first["model_hash"], "sd_vae_name": None, "sd_vae_hash": None,
         "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": None,
-        "extra_generation_params": {"Schedule type": spec.schedule},
+        "extra_generation_params": {"Schedule type": schedule},
         "index_of_first_image": 0, "infotexts": [infotext(record) for record in records],
         "styles": [], "job_timestamp": plan.timestamp, "clip_skip": jobs[0]["clip_skip"],
         "is_using_inpainting_conditioning": False, "version": f"txt2img {__version__}",

@@ -498,13 +498,16 @@ class DroppableStream(StreamingResponse):
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         serving = asyncio.ensure_future(super().__call__(scope, receive, send))
         drop = asyncio.ensure_future(self.dropped.wait())
-        await asyncio.wait({serving, drop}, return_when=asyncio.FIRST_COMPLETED)
-        drop.cancel()
-        if not serving.done():
-            serving.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await serving
-        else:
+        try:
+            await asyncio.wait({serving, drop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            drop.cancel()
+            if not serving.done():
+                serving.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await serving
+                await self.body_iterator.aclose()  # its `finally` runs now, not at GC
+        if not serving.cancelled():
             serving.result()
 
 

@@ -1,5 +1,5 @@
 """`txt2img --server URL`: a run's images drawn by a running `txt2img serve`, written
-here by the same code as a local run's (`outputs.FileSink`).
+here by the same code as a local run's (`outputs.files.FileSink`).
 
 The standard library and txt2img's pure-Python modules only: a --server run never
 imports torch. The protocol is in `wire.py`.

@@ -284,16 +284,21 @@ class Worker:
             numbers = ", ".join(str(task.number) for task in tasks)
             count = sum(len(part.jobs) for _, part in members)
             self.log(f"requests {numbers}: {count} images drawn in one pipeline call")
-        draw_call([part for _, part in members], on_step)
-        self.progress.called()
-        for task, part in members:
-            task.skip_call = False
-            task.failed += part.failed
-            task.error = task.error or part.error
-        for task in tasks[1:]:
-            with self.lock:
-                self.running.remove(task)
-            self._finish(task)
+        try:
+            draw_call([part for _, part in members], on_step)
+        except Exception as exc:  # a failure outside any part: every member gets it
+            for _, part in members:
+                part.error = part.error or exc
+        finally:
+            self.progress.called()
+            for task, part in members:
+                task.skip_call = False
+                task.failed += part.failed
+                task.error = task.error or part.error
+            for task in tasks[1:]:  # the first is finished by the loop that serves it
+                with self.lock:
+                    self.running.remove(task)
+                self._finish(task)
 
 
 def task_part(task: Task, drawing: Drawing, jobs: list[ImageJob]) -> Part:
