@@ -479,7 +479,7 @@ async def _stream(
         finally:
             get.cancel()
             gone.cancel()
-            if not task.finished:
+            if not task.finished and not dropped.is_set():  # (dropped: cancelled already)
                 service.worker.cancel(task, "cancelled")
                 service.log(f"request {task.number} ({task.label}): the client went away; "
                             "cancelled")  # fmt: skip
