@@ -553,7 +553,7 @@ def test_auth_is_needed_on_every_route_and_cors_names_origins(paused):
 
 def test_interrupt_a_full_queue_and_merged_requests(paused, reference):
     first, answer = in_thread(post, paused, "txt2img", {**REQUEST, "seed": 100}, auth=AUTH)
-    paused.wait_for_pause()  # request 1 is drawing
+    paused.wait_for_pause()  # the first request is drawing
     progress = requests.get(f"{paused.url}/sdapi/v1/progress", auth=AUTH, timeout=60).json()
     assert progress["state"]["job_count"] == 1 and progress["state"]["sampling_step"] == 1
     queued = [in_thread(post, paused, "txt2img", {**REQUEST, "seed": s}, auth=AUTH)
@@ -568,7 +568,7 @@ def test_interrupt_a_full_queue_and_merged_requests(paused, reference):
     assert answer[0].status_code == 200 and len(answer[0].json()["images"]) == 1
     partial = pixels(decoded(answer[0].json()["images"][0]))  # decoded after 2 of 4 steps
     assert not np.array_equal(partial, reference[100])
-    paused.wait_for(r"request 1 \(txt2img\): interrupted")
+    paused.wait_for(r"request \d+ \(txt2img\): interrupted")
     # The two queued requests are drawn in one call, each with its own seed.
     paused.wait_for(r"requests \d+, \d+: 2 images drawn in one pipeline call")
     paused.wait_for_pause()
