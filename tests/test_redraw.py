@@ -53,6 +53,37 @@ def test_an_a1111_infotext_parses_back_to_its_settings(tmp_path):
     ]
 
 
+def test_infotext_pairs_are_exactly_a1111s(tmp_path):
+    """The one-pass scanner against A1111's own pattern, on every short line of key,
+    value, quote, escape, comma and space characters a seeded generator makes."""
+    import random
+
+    from a1111 import RE_PARAM
+
+    from txt2img.records.read import infotext_pairs
+
+    pieces = ["a", "B", "7", "_", " ", "-", "/", ":", ",", '"', "\\", "\t", "é", ".", "k: v", ", "]
+    generator = random.Random(5)
+    for _ in range(30_000):
+        line = "".join(generator.choice(pieces) for _ in range(generator.randint(0, 24)))
+        assert infotext_pairs(line) == RE_PARAM.findall(line), line
+
+
+def test_a_long_line_without_a_colon_is_read_in_one_pass(tmp_path):
+    """Hostile review, defect 1: A1111's pattern takes hours on this line (about 60 G
+    steps); the scanner reads it at once. Run in a child with a generous deadline, so a
+    quadratic reader fails the test instead of hanging the suite."""
+    import subprocess
+    import sys
+
+    code = (
+        "from txt2img.records.read import parse_infotext, MAX_INFOTEXT_CHARS as M\n"
+        "fields = parse_infotext('a fox\\n' + 'abc def ' * ((M - 100) // 8))\n"
+        "assert fields['Prompt'].startswith('a fox')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
 def test_jpeg_exif_user_comment_is_read(tmp_path):
     image = Image.new("RGB", (8, 8))
     exif = image.getexif()

@@ -279,6 +279,35 @@ def test_odd_values_are_refused_not_crashed_on(server, route, body, detail):
     a1111_shape(answer.json(), detail)
 
 
+def test_a_nan_in_a_whole_number_field_is_a_422_in_a1111s_shape(server):
+    """Hostile review, defect 12: it was a 500 with a traceback (the error echoed NaN)."""
+    answer = requests.post(f"{server.url}/sdapi/v1/txt2img", data=b'{"width": NaN}', timeout=60,
+                           headers={"Content-Type": "application/json"})  # fmt: skip
+    assert answer.status_code == 422
+    a1111_shape(answer.json(), "width")
+    assert "Traceback" not in server.log()
+
+
+def test_png_info_refuses_an_endless_parameters_text_and_reads_a_long_one(server):
+    """Hostile review, defect 1: a long last line without a colon made A1111's pattern
+    backtrack for hours, on the event loop. Now one pass, off the loop, and bounded."""
+    from txt2img.records.read import MAX_INFOTEXT_CHARS
+
+    def png_with(text: str) -> str:
+        info = PngInfo()
+        info.add_text("parameters", text, zip=True)
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 8)).save(buffer, format="PNG", pnginfo=info)
+        return base64.b64encode(buffer.getvalue()).decode()
+
+    long = "a fox\n" + "abc def " * ((MAX_INFOTEXT_CHARS - 100) // 8)  # hours before
+    answer = post(server, "png-info", {"image": png_with(long)})
+    assert answer.status_code == 200 and answer.json()["parameters"]["Prompt"].startswith("a fox")
+    endless = post(server, "png-info", {"image": png_with("a fox\n" + "abc def " * 128_000)})
+    assert endless.status_code == 400
+    a1111_shape(endless.json(), "more than txt2img reads")
+
+
 def draw_body(**change) -> dict:
     """A request of txt2img's own route, as `txt2img --server` sends it."""
     from txt2img.options import RECORDED_OPTIONS
@@ -539,6 +568,11 @@ def test_auth_is_needed_on_every_route_and_cors_names_origins(paused):
         a1111_shape(refused.json(), "Not authenticated")
     wrong = requests.get(f"{url}/options", auth=(USER, "wrong"), timeout=60)
     assert wrong.status_code == 401
+    # Hostile review, defect 11: a header that is not ASCII was a 500 with a traceback.
+    status, _, answer = raw(paused, "GET", "/sdapi/v1/options",
+                            {"Host": "127.0.0.1", "Authorization": "Basic \xe9t\xe9"})  # fmt: skip
+    assert status == 401
+    a1111_shape(answer, "Incorrect username or password")
     a1111_shape(wrong.json(), "Incorrect username or password")
     assert requests.post(f"{url}/txt2img", json=REQUEST, timeout=60).status_code == 401
     client = api(paused, username=USER, password=PASSWORD)

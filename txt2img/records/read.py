@@ -25,7 +25,7 @@ from ..options import EMPHASIS, RECORDED_OPTIONS, from_json
 
 USER_COMMENT = 0x9286  # EXIF UserComment, in the Exif IFD
 EXIF_IFD = 0x8769
-_PAIR = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+MAX_INFOTEXT_CHARS = 256 * 1024  # A1111's longest prompts are a few KB
 
 
 @dataclass
@@ -115,9 +115,16 @@ def _user_comment(raw: Any) -> str | None:
 def parse_infotext(text: str) -> dict[str, str]:
     """A1111's reader: the last line holds the `key: value` pairs if it has at least 3;
     lines before "Negative prompt:" are the prompt, the lines after it the negative
-    prompt; values written as JSON strings are unquoted."""
+    prompt; values written as JSON strings are unquoted. A text over MAX_INFOTEXT_CHARS
+    is refused (a UsageError)."""
+    if len(text) > MAX_INFOTEXT_CHARS:
+        raise UsageError(
+            f"the image's parameters text is {len(text)} characters long, more than txt2img "
+            f"reads ({MAX_INFOTEXT_CHARS})"
+        )
     *lines, last = text.strip().split("\n")
-    if len(_PAIR.findall(last)) < 3:
+    pairs = infotext_pairs(last)
+    if len(pairs) < 3:
         lines.append(last)
         last = ""
     prompt, negative, in_negative = [], [], False
@@ -127,12 +134,51 @@ def parse_infotext(text: str) -> dict[str, str]:
             in_negative, line = True, line[len("Negative prompt:") :].strip()
         (negative if in_negative else prompt).append(line)
     fields = {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative)}
-    for key, value in _PAIR.findall(last):
+    for key, value in pairs if last else []:
         if len(value) > 1 and value[0] == value[-1] == '"':
             with contextlib.suppress(ValueError):
                 value = json.loads(value)
         fields[key] = value
     return fields
+
+
+def infotext_pairs(line: str) -> list[tuple[str, str]]:
+    """The `key: value` pairs of A1111's parameter line, exactly as A1111's reader finds
+    them (`re.findall` with its pattern: see RE_PARAM in tests/a1111.py), in one pass.
+    That pattern backtracks quadratically on a long line without a colon, so a small
+    compressed PNG chunk could take hours. Here where each run of key characters, comma
+    and quoted value ends is found from the right first; then every try is a lookup."""
+    n = len(line)
+    key_end, non_space, comma = [n] * (n + 1), [n] * (n + 1), [n] * (n + 1)
+    closing = [-1] * (n + 2)  # a quoted value's inside from i: its closing quote, or -1
+    for i in range(n - 1, -1, -1):
+        ch = line[i]
+        key_end[i] = key_end[i + 1] if ch.isalnum() or ch in "_ -/" else i
+        non_space[i] = non_space[i + 1] if ch.isspace() else i
+        comma[i] = i if ch == "," else comma[i + 1]
+        if ch == '"':
+            closing[i] = i
+        elif ch == "\\":  # an escape takes the next character, whatever it is
+            closing[i] = closing[i + 2] if i + 1 < n else -1
+        else:
+            closing[i] = closing[i + 1]
+    pairs, start = [], 0
+    while start < n:  # as findall: a failed try moves on by one character
+        key = non_space[start]
+        end = key_end[key]
+        is_key = key < n and (line[key].isalnum() or line[key] == "_") and end - key >= 2
+        if not (is_key and end < n and line[end] == ":"):
+            start += 1
+            continue
+        value = non_space[end + 1]
+        close = closing[value + 1] if value < n and line[value] == '"' else -1
+        if close > value + 1 and (close + 1 == n or line[close + 1] == ","):
+            pairs.append((line[key:end], line[value : close + 1]))
+            start = close + 2
+        else:
+            pairs.append((line[key:end], line[value : comma[value]]))
+            start = comma[value] + 1
+    return pairs
 
 
 def _from_infotext(path: Path, parameters: str) -> ImageSettings:

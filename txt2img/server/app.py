@@ -18,6 +18,7 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from PIL import Image
 from starlette.middleware.cors import CORSMiddleware
@@ -206,6 +207,7 @@ class Service:
 def build_app(service: Service) -> Any:
     app = FastAPI(title="txt2img", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_exception_handler(Refusal, _refusal_response)
+    app.add_exception_handler(RequestValidationError, _invalid_response)
     app.add_exception_handler(Exception, _unexpected_response)
     _a1111_routes(app, service)
     _own_routes(app, service)
@@ -222,6 +224,15 @@ def build_app(service: Service) -> Any:
 async def _refusal_response(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, Refusal)
     return a1111_error(exc.status, exc.detail, exc.error, exc.headers)
+
+
+async def _invalid_response(request: Request, exc: Exception) -> JSONResponse:
+    """A body FastAPI could not read into the request's fields: A1111's shape, naming the
+    fields but never echoing their values (a NaN is no JSON an answer could carry)."""
+    assert isinstance(exc, RequestValidationError)
+    where = [".".join(str(part) for part in error.get("loc", ())[1:]) for error in exc.errors()]
+    detail = "invalid " + (", ".join(dict.fromkeys(w for w in where if w)) or "body")
+    return a1111_error(422, detail, "RequestValidationError")
 
 
 async def _unexpected_response(request: Request, exc: Exception) -> JSONResponse:
@@ -371,7 +382,8 @@ def _a1111_routes(app: FastAPI, service: Service) -> None:
 
     @app.post("/sdapi/v1/png-info")
     async def png_info(body: dict[str, Any]) -> Any:
-        return read_png_info(body.get("image"))
+        # Decoding and parsing a client's image is work: never on the event loop.
+        return await asyncio.to_thread(read_png_info, body.get("image"))
 
 
 def _addon_item(name: str, path: Any, folders: Any) -> dict[str, Any]:
@@ -400,7 +412,11 @@ def read_png_info(image: Any) -> dict[str, Any]:
     text = info.get("parameters") if isinstance(info.get("parameters"), str) else None
     text = text or _user_comment(comment) or ""
     items = {k: v for k, v in info.items() if isinstance(v, str) and k != "parameters"}
-    return {"info": text, "items": items, "parameters": parse_infotext(text) if text else {}}
+    try:
+        parameters = parse_infotext(text) if text else {}
+    except UsageError as exc:
+        raise Refusal(400, exc.message) from None
+    return {"info": text, "items": items, "parameters": parameters}
 
 
 def _own_routes(app: FastAPI, service: Service) -> None:

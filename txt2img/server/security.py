@@ -7,7 +7,6 @@ Plain ASGI middleware, so every path is covered, unknown ones included.
 from __future__ import annotations
 
 import base64
-import binascii
 import ipaddress
 import secrets
 import socket
@@ -63,7 +62,7 @@ def authorized(header: str | None, credentials: tuple[tuple[str, str], ...]) -> 
         user, sep, password = base64.b64decode(header[6:].strip(), validate=True).decode(
             "utf-8"
         ).partition(":")  # fmt: skip
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # not base64 (binascii.Error), not ASCII, or not UTF-8 inside
         return False
     if not sep:
         return False
