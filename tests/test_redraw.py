@@ -84,6 +84,27 @@ def test_a_long_line_without_a_colon_is_read_in_one_pass(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
+def test_only_a_pngs_header_is_read(tmp_path, monkeypatch):
+    """Hostile review, defect 7: reading the settings decoded every pixel (a 0.5 MB PNG of
+    13000x13000 took 0.7 GB), and a download cut inside its pixels was refused."""
+    from PIL.PngImagePlugin import PngImageFile
+
+    info = PngInfo()
+    info.add_text("parameters", A1111_TEXT)
+    noise = np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)
+    whole = tmp_path / "whole.png"
+    Image.fromarray(noise).save(whole, pnginfo=info)
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])  # a cut download
+    assert read_image_settings(cut).values["seed"] == 1234567890
+
+    def no_pixels(self, *args, **kwargs):
+        raise AssertionError("the pixels were decoded")
+
+    monkeypatch.setattr(PngImageFile, "load", no_pixels)
+    assert read_image_settings(whole).values["seed"] == 1234567890
+
+
 def test_jpeg_exif_user_comment_is_read(tmp_path):
     image = Image.new("RGB", (8, 8))
     exif = image.getexif()

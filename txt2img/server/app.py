@@ -35,7 +35,7 @@ from ..errors import (
 )
 from ..options import EMPHASIS
 from ..outputs.progress import Reporter
-from ..records.read import EXIF_IFD, USER_COMMENT, _user_comment, parse_infotext
+from ..records.read import _user_comment, header_text, parse_infotext
 from ..records.write import text_chunks
 from ..settings import DrawOptions
 from . import a1111
@@ -405,8 +405,7 @@ def read_png_info(image: Any) -> dict[str, Any]:
     try:
         raw = base64.b64decode(data, validate=True)
         with Image.open(io.BytesIO(raw)) as picture:
-            info = dict(picture.info)
-            comment = picture.getexif().get_ifd(EXIF_IFD).get(USER_COMMENT)
+            info, comment = header_text(picture)
     except (binascii.Error, ValueError, OSError, Image.DecompressionBombError):
         raise Refusal(400, "image is not a base64-encoded image txt2img can read") from None
     text = info.get("parameters") if isinstance(info.get("parameters"), str) else None
