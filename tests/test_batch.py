@@ -187,6 +187,7 @@ def test_keep_going_reports_a_failed_item_and_continues(cli, tmp_path, models):
 def test_nan_image_is_never_written(cli, tmp_path, nan_model):
     result = cli("a fox", "-m", nan_model, "--steps", 1, "--seed", 1, "-q", "-o", tmp_path / "out")
     assert result.exit_code == ExitCode.BAD_IMAGE and "NaN" in result.stderr
+    assert "--dtype fp32" not in result.stderr  # it ran in fp32 (hostile review, defect 10)
     assert result.stdout == "" and not (tmp_path / "out").exists()  # not even the folder
 
 

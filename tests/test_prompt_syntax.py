@@ -245,7 +245,13 @@ def test_embeddings_are_used_when_their_name_is_a_word_of_a_prompt(tmp_path):
 
 @pytest.mark.parametrize(
     ("prompt", "fragment"),
-    [("(x:" + "9" * 400 + ")", "is not a number"), ("(" * 8000 + "x", "multiply to infinity")],
+    [
+        ("(x:" + "9" * 400 + ")", "is not a number"),
+        ("(" * 8000 + "x", "multiply to infinity"),
+        # Hostile review, defect 10: finite in Python, infinite in the encoder's fp32.
+        ("(fox:1" + "0" * 39 + ")", "multiply to infinity"),  # 1e39
+        ("(" * 5461 + "x", "multiply to infinity"),
+    ],
 )
 def test_weights_that_are_not_finite_are_refused(prompt, fragment):
     with pytest.raises(UsageError, match=fragment):

@@ -371,7 +371,9 @@ def checked_pixels(
         raise BadImageError(
             "the image came out as NaN (not a number), also when decoded in fp32; "
             "it was not written",
-            "try --dtype fp32",
+            "try --dtype fp32"
+            if model.dtype != torch.float32
+            else "try another seed, or smaller prompt weights; the model's weights may hold NaN",
         )
     if not pixels.any():
         raise BadImageError("the image came out all black; it was not written", "try another seed")

@@ -50,6 +50,9 @@ BREAK = Break()
 Fragment = tuple[str, float]
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # the largest weight a text encoder's fp32 holds
+
+
 def parse_attention(text: str) -> list[Fragment | Break]:
     """The prompt as (text, weight) fragments and BREAKs. Adjacent fragments of exactly
     equal weight are merged; an empty prompt is one empty fragment."""
@@ -84,9 +87,10 @@ def parse_attention(text: str) -> list[Fragment | Break]:
         multiply(start, ROUND)
     for start in square_open:
         multiply(start, SQUARE)
-    if not all(math.isfinite(weight) for _, weight in parts):
+    if not all(abs(weight) <= FLOAT32_MAX for _, weight in parts):  # (NaN and inf too)
         raise UsageError(
-            "the prompt's weights multiply to infinity", "use fewer brackets or smaller weights"
+            "the prompt's weights multiply to infinity in the text encoder's 32-bit numbers",
+            "use fewer brackets or smaller weights",
         )
     if not parts:
         parts = [["", 1.0]]
