@@ -488,6 +488,43 @@ def test_a_server_client_that_stops_reading_has_its_run_cancelled(server):
     assert requests.get(f"{server.url}/sdapi/v1/progress", timeout=60).status_code == 200
 
 
+def test_a_redirect_never_carries_the_servers_credentials_elsewhere(tmp_path):
+    """Hostile review, defect 5: a 302 to another host received `Authorization: Basic`."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[dict] = []
+
+    class Elsewhere(BaseHTTPRequestHandler):
+        def do_POST(self):
+            seen.append(dict(self.headers))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    class Redirector(Elsewhere):
+        def do_POST(self):
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.1:{elsewhere.server_port}/x")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    elsewhere = ThreadingHTTPServer(("127.0.0.1", 0), Elsewhere)
+    redirector = ThreadingHTTPServer(("127.0.0.1", 0), Redirector)
+    for httpd in (elsewhere, redirector):
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://alice:s3cret@127.0.0.1:{redirector.server_port}"
+        done = txt2img("a fox", "--seed", 1, "-o", tmp_path, "--server", url)
+    finally:
+        for httpd in (elsewhere, redirector):
+            httpd.shutdown()
+            httpd.server_close()
+    assert done.returncode == ExitCode.SERVER and "follows no redirects" in done.stderr
+    assert seen == [] and not any(tmp_path.iterdir())
+
+
 def test_server_client_errors(server, tmp_path):
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))

@@ -83,9 +83,20 @@ def draw_remotely(
         reporter.stop()
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is answered as the error it is: followed, it would carry the URL's
+    credentials (the Authorization header) to wherever it points."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
 def connect(request: urllib.request.Request, server: Server) -> Any:
     try:
-        return urllib.request.urlopen(request, timeout=SILENCE_SECONDS)
+        return _OPENER.open(request, timeout=SILENCE_SECONDS)
     except urllib.error.HTTPError as exc:
         raise refusal(exc, server) from None
     except http.client.HTTPException as exc:
@@ -100,6 +111,12 @@ def connect(request: urllib.request.Request, server: Server) -> Any:
 
 def refusal(exc: urllib.error.HTTPError, server: Server) -> Exception:
     """The server's answer to a request it refused, as the error a local run gives."""
+    if 300 <= exc.code < 400:
+        return ServerError(
+            f"the server at {server.base} redirects (HTTP {exc.code}) to "
+            f"{exc.headers.get('Location', 'elsewhere')!r}; txt2img follows no redirects",
+            "give the URL it redirects to as --server, if you trust it",
+        )
     if exc.code == 401:
         return ServerError(
             f"the server at {server.base} wants a user name and password",
