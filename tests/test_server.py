@@ -279,12 +279,12 @@ def test_odd_values_are_refused_not_crashed_on(server, route, body, detail):
     a1111_shape(answer.json(), detail)
 
 
-def test_a_nan_in_a_whole_number_field_is_a_422_in_a1111s_shape(server):
+def test_a_nan_in_a_whole_number_field_is_a_422_not_a_crash(server):
     """Hostile review, defect 12: it was a 500 with a traceback (the error echoed NaN)."""
     answer = requests.post(f"{server.url}/sdapi/v1/txt2img", data=b'{"width": NaN}', timeout=60,
                            headers={"Content-Type": "application/json"})  # fmt: skip
-    assert answer.status_code == 422
-    a1111_shape(answer.json(), "width")
+    assert answer.status_code == 422  # FastAPI's answer, as A1111's, naming the field
+    assert [error["loc"] for error in answer.json()["detail"]] == [["body", "width"]]
     assert "Traceback" not in server.log()
 
 
@@ -366,10 +366,32 @@ def test_host_must_be_the_servers_own_and_no_cors_by_default(server):
     assert status == 400
     a1111_shape(answer, "host")
     status, headers, _ = raw(server, "GET", "/sdapi/v1/progress", {**good, "Origin": ORIGIN})
-    assert status == 200 and not any(k.lower().startswith("access-control") for k in headers)
+    assert status == 403 and not any(k.lower().startswith("access-control") for k in headers)
+    same_site = {**good, "Origin": f"http://127.0.0.1:{server.port}"}  # its own pages' origin
+    assert raw(server, "GET", "/sdapi/v1/progress", same_site)[0] == 200
     # Without --api-auth an Authorization header is ignored, empty or not.
     for value in ("Basic ", "Basic Zm9vOmJhcg=="):
         assert raw(server, "GET", "/sdapi/v1/progress", {**good, "Authorization": value})[0] == 200
+
+
+def test_a_web_page_cannot_make_it_draw_or_stop(server):
+    """Hostile review, defect 2: a page's text/plain POST (no CORS preflight) drew, and a
+    body-less POST to /interrupt stopped the user's job."""
+    good = {"Host": f"127.0.0.1:{server.port}"}
+    body = json.dumps(REQUEST).encode()
+    page = {**good, "Origin": "http://evil.example", "Content-Type": "text/plain",
+            "Content-Length": str(len(body))}  # fmt: skip
+    status, _, answer = raw(server, "POST", "/sdapi/v1/txt2img", page, body)
+    assert status == 403
+    a1111_shape(answer, "other web pages")
+    for headers in ({**good, "Origin": "http://evil.example"},
+                    {**good, "Sec-Fetch-Site": "cross-site"}):  # fmt: skip
+        assert raw(server, "POST", "/sdapi/v1/interrupt", headers)[0] == 403
+    plain = {**good, "Content-Type": "text/plain", "Content-Length": str(len(body))}
+    status, _, answer = raw(server, "POST", "/sdapi/v1/txt2img", plain, body)
+    assert status == 415
+    a1111_shape(answer, "application/json")
+    assert raw(server, "POST", "/sdapi/v1/interrupt", {**good, "Content-Length": "0"})[0] == 200
 
 
 def test_eight_clients_at_once_each_get_their_own_images(server, reference):

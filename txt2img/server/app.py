@@ -217,7 +217,8 @@ def build_app(service: Service) -> Any:
             asgi, allow_origins=list(service.config.cors_origins), allow_methods=["*"],
             allow_headers=["*"], allow_credentials=True,
         )  # fmt: skip
-    asgi = Door(asgi, own_names(service.config.host), service.config.credentials)
+    asgi = Door(asgi, own_names(service.config.host), service.config.credentials,
+                service.config.cors_origins)  # fmt: skip
     return RequestLog(asgi, service)
 
 
@@ -227,12 +228,12 @@ async def _refusal_response(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _invalid_response(request: Request, exc: Exception) -> JSONResponse:
-    """A body FastAPI could not read into the request's fields: A1111's shape, naming the
-    fields but never echoing their values (a NaN is no JSON an answer could carry)."""
+    """A body FastAPI could not read into the request's fields: FastAPI's own answer, as
+    A1111's API gives it, without the values it would echo (a NaN is no JSON)."""
     assert isinstance(exc, RequestValidationError)
-    where = [".".join(str(part) for part in error.get("loc", ())[1:]) for error in exc.errors()]
-    detail = "invalid " + (", ".join(dict.fromkeys(w for w in where if w)) or "body")
-    return a1111_error(422, detail, "RequestValidationError")
+    keep = ("type", "loc", "msg")
+    errors = [{key: error[key] for key in keep if key in error} for error in exc.errors()]
+    return JSONResponse({"detail": errors}, status_code=422)
 
 
 async def _unexpected_response(request: Request, exc: Exception) -> JSONResponse:

@@ -53,6 +53,10 @@ def host_allowed(header: str | None, names: set[str]) -> bool:
         return host.rstrip(".") in names
 
 
+def _origin_of(url: str) -> str:
+    return url.strip().rstrip("/").lower()
+
+
 def authorized(header: str | None, credentials: tuple[tuple[str, str], ...]) -> bool:
     """HTTP Basic credentials, each pair compared in constant time (every pair is
     compared, so the time does not tell which user exists)."""
@@ -82,8 +86,10 @@ class Door:
         app: Callable,
         names: set[str],
         credentials: tuple[tuple[str, str], ...],
+        origins: tuple[str, ...] = (),
     ) -> None:
         self.app, self.names, self.credentials = app, names, credentials
+        self.origins = origins  # --cors-allow-origins
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -105,7 +111,13 @@ class Door:
             if not authorized(header, self.credentials):
                 detail = "Incorrect username or password" if header else "Not authenticated"
                 return a1111_error(401, detail, headers={"WWW-Authenticate": "Basic"})
+        if not preflight and not self.from_allowed_page(headers):
+            return a1111_error(403, "requests from other web pages are refused")
         length = headers.get("content-length")
+        if scope["method"] in ("POST", "PUT", "PATCH") and length not in (None, "0"):
+            kind = headers.get("content-type", "").partition(";")[0].strip().lower()
+            if kind != "application/json":
+                return a1111_error(415, "send the body as application/json")
         if scope["method"] in ("POST", "PUT", "PATCH"):
             if length is None:
                 if "transfer-encoding" in headers:
@@ -115,3 +127,16 @@ class Door:
             elif int(length) > MAX_BODY_BYTES:
                 return a1111_error(413, f"the body is larger than {MAX_BODY_BYTES >> 20} MiB")
         return None
+
+    def from_allowed_page(self, headers: Headers) -> bool:
+        """A browser names the page a request comes from (Origin, Sec-Fetch-Site); a page
+        of another site may drive the server only if --cors-allow-origins names it. A page
+        may send a POST with no CORS preflight, so the missing CORS headers alone do not
+        stop it. Programs (curl, A1111 clients, txt2img --server) send neither header."""
+        origin = headers.get("origin")
+        if origin is None:
+            return headers.get("sec-fetch-site", "") != "cross-site"
+        if _origin_of(origin) in {_origin_of(allowed) for allowed in self.origins}:
+            return True
+        own = f"//{headers.get('host', '')}".lower()
+        return _origin_of(origin).endswith(own) and origin.lower().startswith("http")
