@@ -547,6 +547,71 @@ def test_a_redirect_never_carries_the_servers_credentials_elsewhere(tmp_path):
     assert seen == [] and not any(tmp_path.iterdir())
 
 
+@pytest.fixture
+def fake_server():
+    """A server on loopback that answers txt2img's draw route with the bytes a test
+    gives it, as a broken or hostile server might."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    answer: list[bytes] = [b""]
+
+    class Fake(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-ndjson")
+            self.end_headers()
+            self.wfile.write(answer[0])
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Fake)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+
+    def serve(*events: dict | bytes) -> str:
+        answer[0] = b"".join(e if isinstance(e, bytes) else json.dumps(e).encode() + b"\n"
+                             for e in events)  # fmt: skip
+        return f"http://127.0.0.1:{httpd.server_port}"
+
+    yield serve
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def png_text(width: int, height: int) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_the_server_client_writes_only_what_the_protocol_promises(
+    fake_server, tmp_path, monkeypatch
+):
+    """Hostile review, defect 3: `done` before every image → exit 0 and nothing written;
+    an `error` with exit code 0 → exit 0; a line with no end read whole; a 12000x12000
+    PNG for a 32x32 image written as the result."""
+    from txt2img.server import client
+
+    runner = CliRunner()
+    args = ["a fox", "--seed", "1", "-W", "32", "-H", "32", "-o", str(tmp_path), "--server"]
+    record = {"width": 32, "height": 32}
+    cases = [
+        ((({"event": "done", "failed": 0}),), "neither drawn nor failed"),
+        (({"event": "error", "message": "all fine", "exit_code": 0},), "all fine"),
+        (({"event": "image", "index": 0, "record": record, "seconds": 1.0,
+           "png": png_text(2000, 2000)},), "a 2000x2000 image for a 32x32"),
+        ((b'{"event": "info", "message": "' + b"x" * 5000,), "more than"),
+    ]  # fmt: skip
+    for k, (events, message) in enumerate(cases):
+        if k == len(cases) - 1:
+            monkeypatch.setattr(client, "MAX_EVENT_BYTES", 4096)  # a line with no end
+        result = runner.invoke(cli_app, [*args, fake_server(*events)])
+        assert result.exit_code == ExitCode.SERVER, (message, result.stderr)
+        assert message in result.stderr
+        assert not any(tmp_path.iterdir())
+
+
 def test_server_client_errors(server, tmp_path):
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))

@@ -83,7 +83,10 @@ class RemoteError(Txt2ImgError):
 
     def __init__(self, message: str, hint: str, exit_code: int) -> None:
         super().__init__(message, hint)
-        self.exit_code = ExitCode(exit_code) if exit_code in iter(ExitCode) else ExitCode.SERVER
+        # A failure's code, as a local run would give it; anything else (0 included, or a
+        # code a server cannot mean: Ctrl-C, a closed stdout here) is the server's.
+        remote = set(ExitCode) - {ExitCode.OK, ExitCode.INTERRUPTED, ExitCode.STDOUT_CLOSED}
+        self.exit_code = ExitCode(exit_code) if exit_code in remote else ExitCode.SERVER
 
 
 class StdoutClosed(Exception):

@@ -28,6 +28,7 @@ from ..settings import Settings
 from .wire import DRAW_ROUTE, SILENCE_SECONDS, job_json
 
 SERVER_HINT = "start one with txt2img serve, or check --server / $TXT2IMG_SERVER"
+MAX_EVENT_BYTES = 256 << 20  # an image event of the largest call --max-pixels allows fits
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def draw_remotely(
         server.base + DRAW_ROUTE, data=json.dumps(body).encode(), headers=headers, method="POST"
     )
     response = connect(request, server)
-    reader = EventReader({job.index: job for job in jobs}, sink, reporter)
+    reader = EventReader({job.index: job for job in jobs}, sink, reporter, done)
     reporter.start()
     try:
         with response:  # closed early (Ctrl-C, an error here) the server cancels the run
@@ -140,12 +141,20 @@ def refusal(exc: urllib.error.HTTPError, server: Server) -> Exception:
 class EventReader:
     """The server's stream of events, acted on one line at a time."""
 
-    def __init__(self, jobs: dict[int, ImageJob], sink: FileSink, reporter: Reporter) -> None:
+    def __init__(
+        self, jobs: dict[int, ImageJob], sink: FileSink, reporter: Reporter, done: set[int]
+    ) -> None:
         self.jobs, self.sink, self.reporter = jobs, sink, reporter
+        self.owed = set(jobs) - done  # each gets an image or a failure before `done`
 
     def read(self, response: Any, server: Server) -> int:
         try:
-            for line in response:
+            while line := response.readline(MAX_EVENT_BYTES + 1):
+                if len(line) > MAX_EVENT_BYTES:
+                    raise ServerError(
+                        f"the server sent an event of more than {MAX_EVENT_BYTES:,} bytes",
+                        "is the URL a txt2img serve of the same version?",
+                    )
                 result = self.act(self.decode(line))
                 if result is not None:
                     return result
@@ -189,28 +198,47 @@ class EventReader:
                 self.reporter.failure(f"image {job.index} (line {job.line}, seed {job['seed']}): "
                                       f"{item['error']}")  # fmt: skip
                 self.sink.failed(job, str(item["error"]))
+                self.owed.discard(job.index)
             elif kind == "error":
                 raise RemoteError(str(item["message"]), str(item.get("hint") or ""),
                                   item.get("exit_code"))  # fmt: skip
             elif kind == "done":
-                return int(item["failed"])
+                return self.done(int(item["failed"]))
         except (KeyError, TypeError, ValueError):
             message = f"the server sent a {kind!r} event txt2img cannot read"
             raise ServerError(message, "is the URL a txt2img serve of the same version?") from None
         return None
 
+    def done(self, failed: int) -> int:
+        if self.owed:
+            raise ServerError(
+                f"the server ended the run with {len(self.owed)} images neither drawn nor "
+                "failed", "see the server's log",
+            )  # fmt: skip
+        return failed
+
     def image(self, job: ImageJob, item: dict[str, Any]) -> None:
+        self.owed.discard(job.index)
         if not self.sink.wants_image(job):  # --resume: kept; only its strip was missing
             self.sink.skipped(job)
             return
         seconds = float(item["seconds"])
-        where = self.sink.image(job, png(item["png"]), item["record"], seconds)
+        size = (job["width"] or item["record"]["width"], job["height"] or item["record"]["height"])
+        where = self.sink.image(job, png(item["png"], size), item["record"], seconds)
         self.reporter.image_done(where, seconds)
 
 
-def png(text: str) -> Image.Image:
+def png(text: str, size: tuple[int, int] | None = None) -> Image.Image:
+    """A PNG the server sent; with `size`, only one of that size is decoded."""
     try:
         image = Image.open(io.BytesIO(base64.b64decode(text, validate=True)))
+        if image.format != "PNG":
+            raise OSError("not a PNG")
+        if size is not None and image.size != size:
+            raise ServerError(
+                f"the server sent a {image.size[0]}x{image.size[1]} image for a "
+                f"{size[0]}x{size[1]} one", "see the server's log",
+            )  # fmt: skip
         image.load()
     except (binascii.Error, OSError, Image.DecompressionBombError):
         raise ServerError("the server sent an image that is not a PNG",
