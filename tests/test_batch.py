@@ -255,7 +255,7 @@ def test_two_processes_draw_each_image_in_the_call_one_process_does(cli, tmp_pat
     it at 64x64), so equal pixels mean equal calls: lines of 3, 1 and 3 images."""
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red square -N 3\na blue circle --steps 3\na red square -N 3\n")
-    args = ("-f", prompts, "-m", "demo", "--seed", 1, "-W", 64, "-H", 64, "-q")
+    args = ("-f", prompts, "-m", "demo", "--seed", 1, "-W", 64, "-H", 64, "--steps", 3, "-q")
     one = lines(cli(*args, "-b", 2, "-o", tmp_path / "one"))
     for rank in (0, 1):
         env = {"WORLD_SIZE": "2", "RANK": str(rank)}
