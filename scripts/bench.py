@@ -420,13 +420,13 @@ def build_full_size(family: str, folder: Path) -> Path:
     import torch
     import transformers
 
+    from txt2img.model.source import readable_config
+
     source = ROOT / "txt2img" / "model" / "configs" / family
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(source, partial)
-    for tokenizer in partial.glob("tokenizer*"):  # the configs share one CLIP vocabulary
-        for file in (source.parent / "clip-vocab").iterdir():
-            shutil.copy(file, tokenizer / file.name)
+    with readable_config(source) as readable:  # the shared CLIP vocabulary linked in
+        shutil.copytree(readable, partial)  # (links copied as the files they name)
     torch.manual_seed(0)
     index = json.loads((source / "model_index.json").read_text())
     for name, entry in index.items():

@@ -17,12 +17,26 @@ from typer.testing import CliRunner
 
 from txt2img.cli import app
 from txt2img.errors import UsageError
-from txt2img.model.schedulers import SCHEDULERS, a1111_sampler, own_scheduler, scheduler_for
+from txt2img.model.schedulers import (
+    SCHEDULERS,
+    a1111_sampler,
+    schedule_of,
+    scheduler_for,
+)
 from txt2img.records.read import read_image_settings
 from txt2img.records.write import infotext
 
 # Each scheduler by name, and None: the model's own.
 EVERY = [*SCHEDULERS, None]
+
+
+def own_scheduler(class_name: str, config: dict) -> str | None:
+    """The table's scheduler a model's own scheduler is (class, options and schedule)."""
+    for name, spec in SCHEDULERS.items():
+        if (spec.class_name == class_name and spec.schedule == schedule_of(config)
+                and all(config.get(k) == v for k, v in spec.options.items())):  # fmt: skip
+            return name
+    return None
 
 
 def a1111_reads(parameters: str) -> str:

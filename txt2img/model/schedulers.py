@@ -93,28 +93,18 @@ def schedule_of(config: Any) -> str:
     return sigmas[0].capitalize() if sigmas else "Uniform"
 
 
-def own_scheduler(class_name: str, config: Any) -> str | None:
-    """The name of the table's scheduler that a model's own scheduler is: same class,
-    same schedule, and building it from that config changes nothing. None if it is
-    none of them."""
-    for name, spec in SCHEDULERS.items():
-        if (
-            spec.class_name == class_name
-            and spec.schedule == schedule_of(config)
-            and all(config.get(key) == value for key, value in spec.options.items())
-        ):
-            return name
-    return None
-
-
 def a1111_sampler(name: str | None, class_name: str, config: Any) -> tuple[str, str]:
     """A1111's (Sampler, Schedule type) for the scheduler a job drew with: `name` (None:
     the model's own) built as `class_name` with `config`. The Schedule type is what the
     config draws with, and always given: a reader that finds none takes A1111's
     "Automatic", which is Karras for DPM++ 2M."""
-    same = [n for n, spec in SCHEDULERS.items() if spec.class_name == class_name
-            and all(config.get(key) == value for key, value in spec.options.items())]  # fmt: skip
-    name = name or own_scheduler(class_name, config) or (same[0] if same else None)
+    if name is None:  # the model's own: the table's sampler it is, whatever its sigmas
+        same = (
+            n for n, spec in SCHEDULERS.items()
+            if spec.class_name == class_name
+            and all(config.get(key) == value for key, value in spec.options.items())
+        )  # fmt: skip
+        name = next(same, None)
     if name is not None:  # (Euler with Karras sigmas is A1111's Euler, Karras too)
         return SCHEDULERS[name].sampler, schedule_of(config)
     # A scheduler outside the table: its class, which `scheduler_for` refuses by name.
