@@ -122,14 +122,14 @@ def test_a_file_is_hashed_once_until_it_changes(tmp_path, monkeypatch):
     model = tmp_path / "model.safetensors"
     model.write_bytes(os.urandom(3 << 20))
     reads = []
-    real_open = open
+    real_open = hashes.open_regular
 
-    def counting_open(path, *args, **kwargs):
+    def counting_open(path):
         if Path(path) == model:
             reads.append(path)
-        return real_open(path, *args, **kwargs)
+        return real_open(path)
 
-    monkeypatch.setattr(hashes, "open", counting_open, raising=False)
+    monkeypatch.setattr(hashes, "open_regular", counting_open)
     import hashlib
 
     expected = hashlib.sha256(model.read_bytes()).hexdigest()
@@ -141,8 +141,86 @@ def test_a_file_is_hashed_once_until_it_changes(tmp_path, monkeypatch):
     stat = model.stat()
     os.utime(model, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # touched
     assert hashes.model_hash(model) == expected[:10] and len(reads) == 2
+    hashes.flush()
     cached = json.loads(hashes.cache_file().read_text())
     assert set(cached) == {str(model.resolve()), str(other.resolve())}  # both entries kept
+
+
+def test_one_run_reads_the_cache_once_and_writes_it_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    files = []
+    for number in range(40):
+        files.append(tmp_path / f"m{number}.safetensors")
+        files[-1].write_bytes(os.urandom(64))
+    reads, writes = [], []
+    real_read, real_replace = hashes._read, os.replace
+    monkeypatch.setattr(hashes, "_read", lambda path: reads.append(path) or real_read(path))
+    monkeypatch.setattr(hashes.os, "replace", lambda *a: writes.append(a) or real_replace(*a))
+    first = [hashes.model_hash(path) for path in files]
+    assert len(reads) == 1 and writes == []  # one read, nothing written per entry
+    hashes.flush()
+    assert len(writes) == 1 and len(reads) == 2  # merged with the file as it is now
+    assert [hashes.model_hash(path) for path in files] == first and len(writes) == 1
+
+
+def test_the_cache_drops_entries_of_files_that_are_gone_and_is_bounded(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    kept, gone = tmp_path / "kept.safetensors", tmp_path / "gone.safetensors"
+    kept.write_bytes(b"kept")
+    gone.write_bytes(b"gone")
+    hashes.model_hash(kept), hashes.model_hash(gone)
+    gone.unlink()
+    hashes.flush()
+    assert set(json.loads(hashes.cache_file().read_text())) == {str(kept.resolve())}
+    monkeypatch.setattr(hashes, "MAX_CACHE_BYTES", 10)  # a cache past its bound is not read
+    hashes._CACHE.path = None
+    assert hashes.cached_sha256(kept) is None
+
+
+SPECIAL_FILES = """
+import os, sys
+from pathlib import Path
+from txt2img.model import hashes
+from txt2img.model.folders import folder_index
+from txt2img.records.redraw import find_model
+from txt2img.records.read import ImageSettings
+root = Path(sys.argv[1])
+index = folder_index([root / "models"], "--models-dir")
+model = {"name": "x", "hash": "0123456789"}
+image = ImageSettings(root / "a.png", "a1111", "", {}, {}, model=model)
+try:
+    find_model(image, (root / "models",))
+except Exception as exc:
+    print(type(exc).__name__)
+print(sorted(index), hashes.model_hash(root / "models" / "real.safetensors"))
+hashes.flush()
+"""
+
+
+def test_fifos_and_device_links_are_passed_over_not_read(tmp_path):
+    """A link to /dev/urandom in --models-dir, a FIFO beside it, and FIFOs in place of
+    the hash cache and its lock: nothing blocks, and the real file is still found."""
+    import hashlib
+    import subprocess
+    import sys
+
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "real.safetensors").write_bytes(b"weights")
+    (models / "random.safetensors").symlink_to("/dev/urandom")
+    os.mkfifo(models / "fifo.safetensors")
+    cache = tmp_path / "cache" / "txt2img"
+    cache.mkdir(parents=True)
+    os.mkfifo(cache / "hashes.json")
+    os.mkfifo(cache / "hashes.lock")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    done = subprocess.run(
+        [sys.executable, "-c", SPECIAL_FILES, str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=120,  # a hang guard, not a timing
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    digest = hashlib.sha256(b"weights").hexdigest()[:10]
+    assert done.stdout.splitlines() == ["ModelError", f"['real'] {digest}"]
 
 
 # --- txt2img info -------------------------------------------------------------------------

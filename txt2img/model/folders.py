@@ -8,6 +8,7 @@ Pure Python: the folders are searched, and every name checked, before a model lo
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -44,11 +45,21 @@ def folder_index(folders: Iterable[Path], flag: str) -> dict[str, Path]:
 
 
 def _addon_files(folder: Path) -> Iterator[Path]:
+    """The regular files (links followed) with an add-on suffix; a FIFO or a link to a
+    device is passed over, never opened."""
     for root, dirs, names in os.walk(folder):
         dirs[:] = [name for name in dirs if not name.startswith(".")]
         for name in names:
-            if not name.startswith(".") and Path(name).suffix.lower() in SUFFIXES:
-                yield Path(root) / name
+            path = Path(root) / name
+            if not name.startswith(".") and path.suffix.lower() in SUFFIXES and _is_regular(path):
+                yield path
+
+
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except OSError:  # a dangling link
+        return False
 
 
 def find_lora(

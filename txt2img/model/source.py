@@ -76,6 +76,8 @@ def locate(model: str, allow_pickle: bool = False) -> ModelSource:
     if path.is_file():
         weights_format = check_weights_file(path, allow_pickle)
         return ModelSource(str(path.resolve()), SourceKind.file, weights_format)
+    if path.exists():
+        raise ModelError(f"{path} is neither a regular file nor a folder", "check the path")
     if model.lower().endswith(CHECKPOINT_SUFFIXES):
         raise ModelError(f"checkpoint file {model} does not exist", "check the path")
     if model.startswith(PATH_PREFIXES) or not HUB_ID.fullmatch(model):

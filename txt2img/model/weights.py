@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 import pickle
+import stat
 import tempfile
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..errors import ModelError, UnsafeCheckpointError
 
@@ -29,12 +30,26 @@ class WeightsFormat(StrEnum):
     pickle = "pickle"
 
 
+def open_regular(path: Path) -> BinaryIO:
+    """`path` opened for reading if it is a regular file (after links), else OSError.
+    Opened without blocking, so a FIFO (or a link to /dev/urandom) is refused, not read
+    forever."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise OSError(f"{path} is not a regular file")
+    return os.fdopen(descriptor, "rb")
+
+
 def sniff(path: Path) -> WeightsFormat:
     """safetensors: an 8-byte little-endian header length, then a JSON header ('{')
     that fits in the file. Zip and raw pickles are pickle-based; anything else is refused."""
-    size = path.stat().st_size
-    with path.open("rb") as handle:
-        head = handle.read(9)
+    try:
+        with open_regular(path) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            head = handle.read(9)
+    except OSError as exc:
+        raise ModelError(f"cannot read {path}: {exc.strerror or exc}", "check the path") from None
     if len(head) == 9 and head[8:9] == b"{":
         header_length = int.from_bytes(head[:8], "little")
         if 8 + header_length <= size:

@@ -109,9 +109,12 @@ class Catalog:
             if name in entry.aliases():
                 return entry
         if re.fullmatch(r"[0-9a-fA-F]{10}|[0-9a-fA-F]{64}", name):
-            for entry in self.entries:
-                if name.lower() in entry.aliases(compute=True):
-                    return entry
+            try:
+                return next(
+                    (e for e in self.entries if name.lower() in e.aliases(compute=True)), None
+                )
+            finally:
+                hashes.flush()  # the server runs long: what it hashed is kept now
         return None
 
 
