@@ -115,3 +115,13 @@ def test_low_vram_turns_on_every_memory_saver(cli, tmp_path, models, monkeypatch
     assert "memory savers: cpu_offload, vae_tiling, vae_slicing, attention_slicing" in (
         result.stderr
     )
+
+
+def test_a_librarys_unfilled_placeholders_are_left_out_of_its_message():
+    from txt2img.errors import first_line
+
+    message = ValueError(  # diffusers 0.42's textual-inversion check forgot its f
+        "Expected each embedding to be of shape {input_embeddings.shape[-1]}, but are "
+        '{embeddings.shape[-1]} in {"json": 1}'
+    )
+    assert first_line(message) == 'Expected each embedding to be of shape, but are in {"json": 1}'

@@ -247,15 +247,32 @@ def test_embeddings_are_used_when_their_name_is_a_word_of_a_prompt(tmp_path):
     ("prompt", "fragment"),
     [
         ("(x:" + "9" * 400 + ")", "is not a number"),
-        ("(" * 8000 + "x", "multiply to infinity"),
+        ("(((x:3" + "0" * 38 + ")))", "multiply to infinity"),  # 3e38 x 1.21,
         # Hostile review, defect 10: finite in Python, infinite in the encoder's fp32.
         ("(fox:1" + "0" * 39 + ")", "multiply to infinity"),  # 1e39
-        ("(" * 5461 + "x", "multiply to infinity"),
+        # Defect 6: each part is multiplied once per bracket around it, so 5461 nested
+        # brackets were 15 million multiplications. Nesting is bounded.
+        ("(" * 5461 + "x", "more than 64 deep"),
+        ("([" * 33 + "x", "more than 64 deep"),
     ],
 )
 def test_weights_that_are_not_finite_are_refused(prompt, fragment):
     with pytest.raises(UsageError, match=fragment):
         parse_attention(prompt)
+
+
+def test_the_deepest_nesting_multiplies_in_a1111s_closing_order():
+    """Unclosed brackets close at the end, the round ones first (outermost first), then
+    the square ones: a running product in opening order gives other last bits."""
+    weight = 1.0
+    for factor in [R] * 32 + [S] * 32:
+        weight *= factor
+    [(text, parsed)] = parse_attention("([" * 32 + "x")
+    assert (text, parsed) == ("x", weight)
+    running = 1.0
+    for factor in [R, S] * 32:
+        running *= factor
+    assert running != weight  # so the order is seen
 
 
 def test_and_is_text_in_the_negative_prompt_and_errors_name_the_negative():

@@ -24,7 +24,7 @@ import pytest
 import requests
 import webuiapi
 from a1111 import parse_generation_parameters, read_infotext
-from addon_files import write_kohya_lora
+from addon_files import write_embedding, write_kohya_lora
 from paused import _default_sigint, process_env
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
@@ -55,14 +55,17 @@ def folders(tmp_path_factory, models) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("served")
     shutil.copytree(models["sd1"], root / "models" / "tiny-sd1")
     write_kohya_lora(DEMO, root / "loras" / "red-style.safetensors", seed=3)
-    return {"models": root / "models", "loras": root / "loras"}
+    # An embedding made for another family: the demo's text encoder is 64 wide.
+    write_embedding(root / "embeddings" / "widerword.safetensors", dim=96)
+    return {"models": root / "models", "loras": root / "loras", "embeddings": root / "embeddings"}
 
 
 @pytest.fixture(scope="module")
 def server(folders):
     served = ServerProcess(
         "-m", "demo", "--models-dir", folders["models"], "--lora-dir", folders["loras"],
-        "--max-batch", 4, "--models-memory", 0.001,  # one model at a time
+        "--embeddings-dir", folders["embeddings"], "--max-batch", 4,
+        "--models-memory", 0.001,  # one model at a time
         "--client-timeout", 2,
     )  # fmt: skip
     yield served
@@ -141,7 +144,7 @@ def test_webuiapi_lists_models_samplers_options_and_progress(server):
     answers = {route: requests.get(f"{server.url}/sdapi/v1/{route}", timeout=60).json()
                for route in ("scripts", "embeddings", "sd-vae", "upscalers")}  # fmt: skip
     assert answers["scripts"] == {"txt2img": [], "img2img": []}
-    assert answers["embeddings"] == {"loaded": {}, "skipped": {}}
+    assert set(answers["embeddings"]["loaded"]) == {"widerword"}
     assert answers["sd-vae"] == [] and answers["upscalers"][0]["name"] == "None"
     for route in ("refresh-checkpoints", "refresh-loras", "refresh-embeddings"):
         assert post(server, route, {}).status_code == 200
@@ -339,6 +342,50 @@ def test_own_route_refuses_bad_requests_with_a_local_exit_code(server, body, det
     answer = requests.post(f"{server.url}/txt2img/v1/draw", json=request, timeout=60)
     assert answer.status_code == 400 and answer.json()["exit_code"] == ExitCode.USAGE
     assert detail in answer.json()["message"]
+
+
+def test_own_route_bounds_a_requests_prompt_text_and_the_a1111_route_its_nesting(server):
+    """Hostile review, defect 6: 16 KB of `(a` took 0.5 s to check, and a request of
+    such prompts went on for minutes. Nesting is bounded (parsing is linear), and so is a
+    request's prompt text; a request over it is refused before any prompt is parsed."""
+    from txt2img.server.wire import MAX_REQUEST_PROMPT_CHARS
+
+    request = draw_body()
+    job = request["jobs"][0]
+    prompt = "(a" * 8000
+    count = MAX_REQUEST_PROMPT_CHARS // len(prompt) + 1
+    request["jobs"] = [{**job, "index": n, "prompt": prompt} for n in range(count)]
+    answer = requests.post(f"{server.url}/txt2img/v1/draw", json=request, timeout=60)
+    assert answer.status_code == 400 and "split the prompts" in answer.json()["hint"]
+    answer = post(server, "txt2img", {**REQUEST, "prompt": prompt})
+    assert answer.status_code in (400, 422) and "64 deep" in answer.text
+
+
+def test_an_add_on_that_fails_to_load_is_the_same_model_error_as_in_a_local_run(
+    server, folders, tmp_path
+):
+    """Hostile review, defect 8: a 500 ("unexpected ValueError", with diffusers' unfilled
+    {...} placeholders) and exit 1 for a --server client; exit 3 in a local run."""
+    answer = post(server, "txt2img", {**REQUEST, "prompt": "a widerword circle"})
+    assert answer.status_code == 400
+    a1111_shape(answer.json(), "holds vectors of 96 values")
+    assert "{" not in answer.json()["errors"]
+    here = txt2img("a widerword circle", *LOCAL, "--embeddings-dir", folders["embeddings"],
+                   "-o", tmp_path)  # fmt: skip
+    there = txt2img("a widerword circle", *LOCAL, "--server", server.url, "-o", tmp_path)
+    assert here.returncode == there.returncode == ExitCode.MODEL, there.stderr
+    assert "holds vectors of 96 values" in here.stderr and "holds vectors" in there.stderr
+
+
+def test_checking_a_draw_request_stops_once_its_client_is_gone():
+    import json
+
+    from txt2img.server.wire import ClientGone, read_draw_request
+
+    body = json.dumps(draw_body()).encode()
+    assert len(read_draw_request(body, 1 << 20)["jobs"]) == 1
+    with pytest.raises(ClientGone):
+        read_draw_request(body, 1 << 20, client_gone=lambda: True)
 
 
 def test_body_errors_and_limits(server):

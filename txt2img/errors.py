@@ -116,10 +116,16 @@ def debug_enabled() -> bool:
     return os.environ.get("TXT2IMG_DEBUG", "") not in ("", "0")
 
 
+# A library message's f-string field that was never filled in, like
+# "{input_embeddings.shape[-1]}": code, not words, so it is left out.
+_UNFILLED = re.compile(r"\s*\{[A-Za-z_][\w.]*(?:\[[^\]{}\s]*\])*\}")
+
+
 def first_line(exc: BaseException) -> str:
-    """The gist of a library's message: its first line, without terminal codes, short."""
+    """The gist of a library's message: its first line, without terminal codes or
+    unfilled {placeholders}, short."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
-    line = (text.splitlines() or [type(exc).__name__])[0]
+    line = _UNFILLED.sub("", (text.splitlines() or [type(exc).__name__])[0])
     return line if len(line) <= 200 else line[:200] + "..."
 
 

@@ -7,6 +7,8 @@ so diffusers never decides how to unpickle anything.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,10 +16,22 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, StableDiffusionXLPipeline
 
-from ..errors import ModelError, UnsafeCheckpointError, first_line, is_out_of_memory
+from ..errors import (
+    ModelError,
+    Txt2ImgError,
+    UnsafeCheckpointError,
+    first_line,
+    is_out_of_memory,
+)
 from .hashes import file_sha256
 from .source import ADDON_FILES, EmbeddingRef, ModelSource, SourceKind, pickled_files
-from .weights import WeightsFormat, check_weights_file, load_pickle, named_for_its_format
+from .weights import (
+    WeightsFormat,
+    check_weights_file,
+    load_pickle,
+    named_for_its_format,
+    refused_pickle,
+)
 
 
 @dataclass(frozen=True)
@@ -189,6 +203,21 @@ def _load_lora_weights(pipe: Any, source: ModelSource, adapter: str, offline: bo
         )  # fmt: skip
 
 
+@contextmanager
+def addon_errors() -> Iterator[None]:
+    """A VAE, LoRA or embedding that fails to load, said the same way by a run and by
+    the server: a library's error becomes a model error (exit 3) naming the add-on."""
+    try:
+        yield
+    except Exception as exc:
+        if isinstance(exc, Txt2ImgError) or is_out_of_memory(exc):
+            raise
+        raise refused_pickle(exc, "an add-on") or ModelError(
+            f"cannot apply add-on: {first_line(exc)}",
+            "check that the LoRA, VAE or embedding was made for this model family",
+        ) from exc
+
+
 def load_embeddings(
     pipe: Any, embeddings: list[EmbeddingRef], offline: bool, allow_pickle: bool, first: int = 0
 ) -> tuple[list[AddOn], dict[str, str]]:
@@ -255,6 +284,8 @@ def _load_embedding_file(pipe: Any, state: dict[str, Any], token: str, path: str
                 f"{path} is not an SDXL embedding (it has no clip_l and clip_g vectors)",
                 "use an embedding made for SDXL",
             )
+        _check_width(state["clip_l"], pipe.text_encoder, path)
+        _check_width(state["clip_g"], pipe.text_encoder_2, path)
         pipe.load_textual_inversion(
             state["clip_l"], token=token, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer
         )
@@ -267,4 +298,25 @@ def _load_embedding_file(pipe: Any, state: dict[str, Any], token: str, path: str
             f"{path} is an SDXL embedding; this model is not SDXL", "use one made for SD 1.x/2.x"
         )
     else:
+        _check_width(state, pipe.text_encoder, path)
         pipe.load_textual_inversion(state, token=token)
+
+
+def _check_width(vectors: Any, encoder: Any, path: str) -> None:
+    """Every vector as wide as the text encoder's token embeddings (768 for SD 1.x, 1024
+    for SD 2.x), else the embedding was made for another family; said here, in words."""
+    width = encoder.get_input_embeddings().weight.shape[-1]
+    tensors = [vectors] if isinstance(vectors, torch.Tensor) else []
+    pending = [vectors] if isinstance(vectors, dict) else []
+    while pending:  # {token: tensor}, A1111's {"string_to_param": {"*": tensor}}
+        for value in pending.pop().values():
+            if isinstance(value, dict):
+                pending.append(value)
+            elif isinstance(value, torch.Tensor):
+                tensors.append(value)
+    wrong = next((t.shape[-1] for t in tensors if t.ndim and t.shape[-1] != width), None)
+    if wrong is not None:
+        raise ModelError(
+            f"{path} holds vectors of {wrong} values; this model's text encoder takes {width}",
+            "use an embedding made for this model's family",
+        )

@@ -32,7 +32,7 @@ from ..jobs import world
 from ..options import STANDARD, TURBO
 from ..settings import Device, Dtype, LoadOptions, MemorySavers
 from . import hashes
-from .addons import AddOn, Loras, load_embeddings, load_loras, load_vae
+from .addons import AddOn, Loras, addon_errors, load_embeddings, load_loras, load_vae
 from .fast import apply_fast_path, speedups_for
 from .source import (
     CONFIGS,
@@ -205,7 +205,7 @@ def apply_addons(
 ) -> tuple[list[AddOn], Loras, dict[str, str]]:
     """`vae_config` (folder or Hub id, subfolder) configures a single-file VAE."""
     addons: list[AddOn] = []
-    try:
+    with addon_errors():
         if plan.vae is not None:
             pipe.vae, vae = load_vae(plan.vae, vae_config, dtype, offline)
             addons.append(vae)
@@ -214,13 +214,6 @@ def apply_addons(
             pipe, list(plan.embeddings), offline, plan.allow_pickle
         )
         addons += embeddings
-    except Exception as exc:
-        if isinstance(exc, Txt2ImgError) or is_out_of_memory(exc):
-            raise
-        raise refused_pickle(exc, "an add-on") or ModelError(
-            f"cannot apply add-on: {first_line(exc)}",
-            "check that the LoRA, VAE or embedding was made for this model family",
-        ) from exc
     return addons, loras, tokens
 
 

@@ -23,6 +23,10 @@ from ..errors import UsageError
 
 ROUND = 1.1  # (x)
 SQUARE = 1 / 1.1  # [x]
+# Each part's weight is multiplied by every bracket around it, in the order they close,
+# as in A1111 (floats: the order changes the last bits). That is work in proportion to
+# the nesting; deeper prompts (1.1^64 is 445) are refused, so parsing stays linear.
+MAX_NESTING = 64
 COMMA_BACKTRACK = 20  # A1111's default "Prompt word wrap length limit"
 
 # The tokens of the attention syntax, tried in this order: escapes, a lone backslash,
@@ -68,10 +72,13 @@ def parse_attention(text: str) -> list[Fragment | Break]:
         token, weight = match.group(0), match.group(1)
         if token.startswith("\\"):
             parts.append([token[1:], 1.0])
-        elif token == "(":
-            round_open.append(len(parts))
-        elif token == "[":
-            square_open.append(len(parts))
+        elif token in "([":
+            (round_open if token == "(" else square_open).append(len(parts))
+            if len(round_open) + len(square_open) > MAX_NESTING:
+                raise UsageError(
+                    f"the prompt nests brackets more than {MAX_NESTING} deep",
+                    "give the words one weight instead, like (word:1.5)",
+                )
         elif weight is not None and round_open:
             multiply(round_open.pop(), _weight(weight, token))
         elif token == ")" and round_open:

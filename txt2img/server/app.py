@@ -19,7 +19,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from PIL import Image
 from starlette.middleware.cors import CORSMiddleware
 
@@ -43,7 +43,7 @@ from .a1111 import Refusal
 from .catalog import Catalog, LoadedModels
 from .config import ServeConfig
 from .security import Door, a1111_error, own_names
-from .wire import DRAW_ROUTE, HEARTBEAT_SECONDS, event, read_draw_request
+from .wire import DRAW_ROUTE, HEARTBEAT_SECONDS, ClientGone, event, read_draw_request
 from .worker import QueueFull, Stopping, Task, Worker
 
 RETRY_AFTER_SECONDS = 5
@@ -247,7 +247,10 @@ def _a1111_routes(app: FastAPI, service: Service) -> None:
     @app.post("/sdapi/v1/txt2img")
     async def txt2img(body: a1111.Txt2ImgRequest, request: Request) -> Any:
         started = time.perf_counter()
-        plan = a1111.plan_request(body, service.defaults, service.config.max_pixels)
+        # Checked off the event loop: a prompt's checking is linear, but not free.
+        plan = await asyncio.to_thread(
+            a1111.plan_request, body, service.defaults, service.config.max_pixels
+        )
         entry = await asyncio.to_thread(catalog.find, plan.model) if plan.model else None
         if plan.model and entry is None:
             service.log(f"sd_model_checkpoint {plan.model!r} is not a model the server lists; "
@@ -423,13 +426,21 @@ def _own_routes(app: FastAPI, service: Service) -> None:
     @app.post(DRAW_ROUTE)
     async def draw(request: Request) -> Any:
         started = time.perf_counter()
-        try:
-            body = await request.json()
-            spec = await asyncio.to_thread(read_draw_request, body, service.config.max_pixels)
-        except (ValueError, RecursionError):
-            raise Refusal(400, "the body is not JSON") from None
+        raw = await request.body()
+        gone = threading.Event()
+        watch = asyncio.create_task(disconnected(request))
+        watch.add_done_callback(lambda _: gone.set())
+        try:  # parsed and checked off the event loop, and no longer once the client goes
+            spec = await asyncio.to_thread(
+                read_draw_request, raw, service.config.max_pixels, gone.is_set
+            )
         except UsageError as exc:
             return JSONResponse({**error_fields(exc), "detail": exc.message}, status_code=400)
+        except ClientGone:
+            service.log("a draw request's client went away while it was checked; dropped")
+            return Response(status_code=400)
+        finally:
+            watch.cancel()
         entry = await asyncio.to_thread(service.catalog.find_first, spec["models"])
         if spec["models"] and entry is None:
             message = f"the server has no model named {' or '.join(map(repr, spec['models']))}"

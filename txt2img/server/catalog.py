@@ -18,7 +18,7 @@ from ..draw import load_model, model_prompts
 from ..errors import Txt2ImgError
 from ..jobs import ImageJob
 from ..model import hashes
-from ..model.addons import load_embeddings
+from ..model.addons import addon_errors, load_embeddings
 from ..model.folders import embeddings_named, find_lora, folder_index
 from ..model.load import LoadedModel
 from ..model.source import EmbeddingRef, ModelSource, SourceKind, locate, locate_addon, plan_model
@@ -179,9 +179,13 @@ class LoadedModels:
         """Load the LoRAs the jobs' tags name and the embeddings their prompts use that
         the model does not have yet. A tag that names no file is found by its hash in
         `lora_hashes` (--from), as a local run finds it."""
+        with addon_errors():
+            self._add_addons(served, jobs, lora_hashes or {})
+
+    def _add_addons(self, served: Served, jobs: list[ImageJob], lora_hashes: dict) -> None:
         model, allow_pickle = served.model, self.config.allow_pickle
         for name in missing_loras(served, jobs):
-            digest = (lora_hashes or {}).get(name)
+            digest = lora_hashes.get(name)
             path = find_lora(self.lora_index, name, self.config.lora_dirs, digest)
             model.loras.load(locate_addon(str(path), "--lora", allow_pickle), name)
         new = missing_embeddings(served, jobs, self.embedding_index)

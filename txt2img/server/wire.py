@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import UsageError
@@ -23,6 +24,15 @@ HEARTBEAT_SECONDS = 5.0  # the server sends `wait` when it has said nothing for 
 SILENCE_SECONDS = 60.0  # the client gives up on a server silent this long
 _VALUE_KEYS = tuple(option.key for option in RECORDED_OPTIONS)
 MAX_LORA_HASHES = 100
+# All of one request's prompt text (prompts and negative prompts): checking it is linear,
+# and this keeps one request's checking to seconds, not minutes, of one core.
+MAX_REQUEST_PROMPT_CHARS = 4 << 20
+
+
+class ClientGone(Exception):
+    """The client closed its connection while its request was being checked."""
+
+
 HASH = re.compile(r"[0-9a-fA-F]{8,64}")
 
 
@@ -34,13 +44,20 @@ def job_json(job: ImageJob) -> dict[str, Any]:
     return {"index": job.index, "line": job.line, "prompt": job.prompt, "values": job.values}
 
 
-def read_draw_request(body: Any, max_pixels: int) -> dict[str, Any]:
-    """The checked contents of a draw request: `models` (names the server may list, the
-    first it lists is drawn with; none: its current model), `lora_hashes` (a prompt tag's
-    file found by its hash when no file has its name), `jobs`, `done`, and `options` (from
-    `batch_size`, `keep_going`, `save_steps`, `verbose`). Every
-    value is checked as the command line checks it, and pipeline calls of more than
-    `max_pixels` are refused; a `UsageError` names the first bad one."""
+def read_draw_request(
+    raw: bytes, max_pixels: int, client_gone: Callable[[], bool] = lambda: False
+) -> dict[str, Any]:
+    """The checked contents of a draw request's JSON body: `models` (names the server
+    may list, the first it lists is drawn with; none: its current model), `lora_hashes` (a
+    prompt tag's file found by its hash when no file has its name), `jobs`, `done`, and
+    `options` (from `batch_size`, `keep_going`, `save_steps`, `verbose`). Every value is
+    checked as the command line checks it, and pipeline calls of more than `max_pixels`
+    are refused; a `UsageError` names the first bad one. Checking stops (`ClientGone`)
+    once `client_gone()`."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise UsageError("the body is not JSON") from None
     if not isinstance(body, dict):
         raise UsageError("the request is not a JSON object")
     jobs = body.get("jobs")
@@ -71,7 +88,18 @@ def read_draw_request(body: Any, max_pixels: int) -> dict[str, Any]:
             options[key] = _of_kind(options[key], kind, key)
         BY_KEY[key].validate(options[key])
     check_range("batch_size", options["batch_size"], 1, MAX_IMAGES)
-    checked = [_job(item) for item in jobs]
+    characters = _prompt_chars(jobs)
+    if characters > MAX_REQUEST_PROMPT_CHARS:
+        raise UsageError(
+            f"the jobs' prompts hold {characters} characters, more than the "
+            f"{MAX_REQUEST_PROMPT_CHARS} one request may",
+            "split the prompts into smaller runs",
+        )
+    checked = []
+    for item in jobs:
+        if client_gone():
+            raise ClientGone
+        checked.append(_job(item))
     if len({job.index for job in checked}) != len(checked):
         raise UsageError("two jobs have the same index")
     for batch in batches(checked, options["batch_size"]):
@@ -91,6 +119,20 @@ def check_pixels(batch: list[ImageJob], max_pixels: int) -> None:
         f"{width * height * len(batch)} pixels, more than the server's --max-pixels {max_pixels}",
         "draw smaller images or a smaller --batch-size",
     )
+
+
+def _prompt_chars(jobs: list[Any]) -> int:
+    """The characters of every job's prompt and negative prompt (whatever else is wrong
+    with a job is found when it is checked)."""
+    total = 0
+    for item in jobs:
+        values = item.get("values") if isinstance(item, dict) else None
+        for text in (
+            item.get("prompt") if isinstance(item, dict) else None,
+            values.get("negative_prompt") if isinstance(values, dict) else None,
+        ):
+            total += len(text) if isinstance(text, str) else 0
+    return total
 
 
 def _is_name(value: Any) -> bool:
