@@ -309,6 +309,16 @@ def test_png_info_refuses_an_endless_parameters_text_and_reads_a_long_one(server
     endless = post(server, "png-info", {"image": png_with("a fox\n" + "abc def " * 128_000)})
     assert endless.status_code == 400
     a1111_shape(endless.json(), "more than txt2img reads")
+    # Also seen: 63 zTXt chunks of 1 MB each (a 65 KB PNG) made a 64.5 MB answer.
+    info = PngInfo()
+    for number in range(63):
+        info.add_text(f"note{number}", "x" * (1 << 20), zip=True)
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="PNG", pnginfo=info)
+    assert len(buffer.getvalue()) < 100_000
+    many = post(server, "png-info", {"image": base64.b64encode(buffer.getvalue()).decode()})
+    assert many.status_code == 400 and len(many.content) < 1000
+    a1111_shape(many.json(), "text chunks hold")
 
 
 def draw_body(**change) -> dict:
@@ -856,3 +866,11 @@ def test_serve_refuses_a_network_address_without_a_password():
     assert bad.returncode == ExitCode.USAGE and "USER:PASS" in bad.stderr
     star = txt2img("serve", "--cors-allow-origins", "*")
     assert star.returncode == ExitCode.USAGE
+
+
+def test_a_port_in_use_is_said_before_the_model_loads(server):
+    """Also seen in the hostile review: the port was taken only after minutes of loading.
+    A model that cannot load shows which came first: exit 3 before, exit 2 now."""
+    done = txt2img("serve", "-m", "no-such/model", "--port", server.port, HF_HUB_OFFLINE="1")
+    assert done.returncode == ExitCode.USAGE, done.stderr
+    assert f"cannot listen on 127.0.0.1:{server.port}" in done.stderr

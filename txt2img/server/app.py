@@ -35,7 +35,7 @@ from ..errors import (
 )
 from ..options import EMPHASIS
 from ..outputs.progress import Reporter
-from ..records.read import _user_comment, header_text, parse_infotext
+from ..records.read import MAX_INFOTEXT_CHARS, _user_comment, header_text, parse_infotext
 from ..records.write import text_chunks
 from ..settings import DrawOptions
 from . import a1111
@@ -415,6 +415,10 @@ def read_png_info(image: Any) -> dict[str, Any]:
     text = info.get("parameters") if isinstance(info.get("parameters"), str) else None
     text = text or _user_comment(comment) or ""
     items = {k: v for k, v in info.items() if isinstance(v, str) and k != "parameters"}
+    characters = sum(len(key) + len(value) for key, value in items.items())
+    if characters > MAX_INFOTEXT_CHARS:  # 63 zTXt chunks of 1 MB each fit in 65 KB
+        raise Refusal(400, f"the image's text chunks hold {characters} characters, more than "
+                           f"txt2img reads ({MAX_INFOTEXT_CHARS})")  # fmt: skip
     try:
         parameters = parse_infotext(text) if text else {}
     except UsageError as exc:
@@ -611,11 +615,16 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 def serve(config: ServeConfig) -> None:
-    """Load the default model, listen, and draw until SIGINT or SIGTERM."""
-    service = Service(config)
-    service.worker.start()
-    service.worker.load_default()
+    """Take the port (a port in use is said before minutes of loading), load the default
+    model, and draw until SIGINT or SIGTERM."""
     sock = listening_socket(config.host, config.port)
+    try:
+        service = Service(config)
+        service.worker.start()
+        service.worker.load_default()
+    except BaseException:
+        sock.close()
+        raise
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     log(config, f"serving {service.models.current.name} on http://{shown}:{port} "
