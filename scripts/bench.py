@@ -172,10 +172,10 @@ def demo_model() -> str:
     return str(DEMO_MODEL)
 
 
-def diffusers_cli_argv(prompt: str, seed: int, target: Path) -> list[str]:
+def diffusers_cli_argv(prompt: str, seed: int, target: Path, steps: int) -> list[str]:
     kwargs = {
         "prompt": prompt,
-        "num_inference_steps": STANDARD.steps,
+        "num_inference_steps": steps,
         "guidance_scale": STANDARD.guidance,
     }
     return [
@@ -194,10 +194,10 @@ def diffusers_cli_argv(prompt: str, seed: int, target: Path) -> list[str]:
     ]
 
 
-def loop_argv(prompts_file: Path, out: Path) -> list[str]:
+def loop_argv(prompts_file: Path, out: Path, steps: int) -> list[str]:
     """The hand-written diffusers loop (scripts/baselines/diffusers_loop.py)."""
     script = BASELINES / "diffusers_loop.py"
-    return [sys.executable, str(script), demo_model(), str(prompts_file), str(out)]
+    return [sys.executable, str(script), demo_model(), str(prompts_file), str(out), "1", str(steps)]
 
 
 def expect_pngs(count: int) -> Callable[[Path, Sample], None]:
@@ -235,18 +235,21 @@ def startup_section(args: argparse.Namespace, env: dict[str, str]) -> str:
         Contender(
             "txt2img",
             lambda out: [
-                txt2img_argv(DEMO_PROMPT, "-m", "demo", "--seed", "1", "-q", "-o", str(out))
+                txt2img_argv(
+                    DEMO_PROMPT, "-m", "demo", "--seed", "1", "--steps", str(args.demo_steps),
+                    "-q", "-o", str(out),
+                )
             ],
             expect_pngs(1),
         ),
         Contender(
             "minimal diffusers script",
-            lambda out: [loop_argv(prompts_file, out)],
+            lambda out: [loop_argv(prompts_file, out, args.demo_steps)],
             expect_pngs(1),
         ),
         Contender(
             "diffusers-cli run",
-            lambda out: [diffusers_cli_argv(DEMO_PROMPT, 1, out / "0.png")],
+            lambda out: [diffusers_cli_argv(DEMO_PROMPT, 1, out / "0.png", args.demo_steps)],
             expect_pngs(1),
         ),
     ]
@@ -255,6 +258,7 @@ def startup_section(args: argparse.Namespace, env: dict[str, str]) -> str:
         help_table=comparison_table(help_contenders, "txt2img --help"),
         png_table=comparison_table(png_contenders, "txt2img"),
         prompt=DEMO_PROMPT,
+        steps=args.demo_steps,
     )
 
 
@@ -267,10 +271,11 @@ about what any Typer program costs (the bare app is `scripts/baselines/bare_type
 {help_table}
 
 From the command to the first PNG on disk, with the demo model shipped in the package
-(`"{prompt}"`, 30 steps, guidance 7.5, fp32 on the CPU, seed 1). The minimal diffusers script is
-`scripts/baselines/diffusers_loop.py` with a one-line prompts file; `diffusers-cli run` gets
-the same settings through `--pipeline-kwargs` and `--dtype fp32`. Each is a new process:
-imports, model load, 30 steps, VAE decode, PNG write.
+(`"{prompt}"`, {steps} steps, guidance 7.5, fp32 on the CPU, seed 1). The minimal diffusers
+script is `scripts/baselines/diffusers_loop.py` with a one-line prompts file;
+`diffusers-cli run` gets the same settings through `--pipeline-kwargs` and `--dtype fp32`.
+Each is a new process:
+imports, model load, {steps} steps, VAE decode, PNG write.
 
 {png_table}
 """
@@ -286,20 +291,22 @@ def batch_section(args: argparse.Namespace, env: dict[str, str]) -> str:
             "txt2img -f",
             lambda out: [
                 txt2img_argv(
-                    "-f", str(prompts_file), "-m", "demo", "--seed", "1", "-q", "-o", str(out)
+                    "-f", str(prompts_file), "-m", "demo", "--seed", "1", "--steps",
+                    str(args.demo_steps), "-q", "-o", str(out),
                 )
             ],
             expect_pngs(len(prompts)),
         ),
         Contender(
             "hand-written diffusers loop",
-            lambda out: [loop_argv(prompts_file, out)],
+            lambda out: [loop_argv(prompts_file, out, args.demo_steps)],
             expect_pngs(len(prompts)),
         ),
         Contender(
             "diffusers-cli run per prompt",
             lambda out: [
-                diffusers_cli_argv(p, 1 + i, out / f"{i}.png") for i, p in enumerate(prompts)
+                diffusers_cli_argv(p, 1 + i, out / f"{i}.png", args.demo_steps)
+                for i, p in enumerate(prompts)
             ],
             expect_pngs(len(prompts)),
         ),
@@ -314,13 +321,14 @@ def batch_section(args: argparse.Namespace, env: dict[str, str]) -> str:
         verdict="met" if overhead <= 0.03 else "NOT met",
         saved=f"{per_prompt - ours:.1f} s",
         per_image=f"{(per_prompt - ours) / len(prompts):.2f} s",
+        steps=args.demo_steps,
     )
 
 
 BATCH = """\
 ## 2. Batch
 
-{n} prompts from a file (demo-model captions, 30 steps, guidance 7.5, fp32, seeds 1, 2, …),
+{n} prompts from a file (demo-model captions, {steps} steps, guidance 7.5, fp32, seeds 1, 2, …),
 each run a new process tree. txt2img writes every PNG with its metadata, through a temporary
 file that is synced and linked into place, and reports progress on stderr; the hand-written
 loop (`scripts/baselines/diffusers_loop.py`) only calls the pipeline and `Image.save`.
@@ -880,8 +888,9 @@ def server_section(args: argparse.Namespace, env: dict[str, str]) -> str:
     process, url = start_server(env)
 
     def each_call(out: Path, *extra: str) -> list[list[str]]:
-        return [txt2img_argv(DEMO_PROMPT, "-m", "demo", "--seed", str(i), "-q", "-o", str(out),
-                             *extra) for i in range(calls)]  # fmt: skip
+        return [txt2img_argv(DEMO_PROMPT, "-m", "demo", "--seed", str(i), "--steps",
+                             str(args.demo_steps), "-q", "-o", str(out), *extra)
+                for i in range(calls)]  # fmt: skip
 
     contenders = [
         Contender(f"{calls} x txt2img", each_call, expect_pngs(calls)),
@@ -901,8 +910,8 @@ def server_section(args: argparse.Namespace, env: dict[str, str]) -> str:
         log(f"server: 8 concurrent requests, --max-batch {max_batch}")
         process, url = start_server(env, "--max-batch", str(max_batch), "--queue-size", "16")
         try:
-            concurrent_requests(url, 8, STANDARD.steps)  # warm-up
-            times = [concurrent_requests(url, 8, STANDARD.steps) for _ in range(args.runs)]
+            concurrent_requests(url, 8, args.demo_steps)  # warm-up
+            times = [concurrent_requests(url, 8, args.demo_steps) for _ in range(args.runs)]
         finally:
             stop_server(process)
         rows.append([f"--max-batch {max_batch}", seconds_cell(times),
@@ -913,7 +922,7 @@ def server_section(args: argparse.Namespace, env: dict[str, str]) -> str:
         speedup=f"{cold / served:.1f}x",
         verdict="met" if cold / served >= 5 else "NOT met",
         throughput=table(["server", "8 requests, median (min-max)", "images/s"], rows),
-        steps=STANDARD.steps,
+        steps=args.demo_steps,
         prompt=DEMO_PROMPT,
     )
 
@@ -1018,6 +1027,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--prompts", type=int, default=20, help="prompts in the batch")
     parser.add_argument("--calls", type=int, default=20, help="one-image calls (server)")
+    parser.add_argument(
+        "--demo-steps", type=int, default=STANDARD.steps,
+        help="steps of the demo-model sections (startup, batch, server)",
+    )  # fmt: skip
     parser.add_argument("--sd15-steps", type=int, default=3)
     parser.add_argument("--sdxl-steps", type=int, default=3)
     parser.add_argument(

@@ -36,7 +36,8 @@ def bench_report(tmp_path: Path, argv: list[str]) -> str:
 
 
 def test_bench_writes_startup_and_batch_tables(tmp_path):
-    argv = ["--sections", "startup,batch", "--runs", "1", "--warmup", "0", "--prompts", "2"]
+    argv = ["--sections", "startup,batch", "--runs", "1", "--warmup", "0", "--prompts", "2",
+            "--demo-steps", "2"]  # fmt: skip
     report = bench_report(tmp_path, argv)
     command = " ".join([*argv, "--out", str(tmp_path / "BENCHMARKS.md")])
     assert f"`python scripts/bench.py {command}`" in report
@@ -62,7 +63,8 @@ def test_bench_writes_startup_and_batch_tables(tmp_path):
 
 def test_bench_writes_the_server_tables(tmp_path):
     report = bench_report(tmp_path, ["--sections", "server", "--runs", "1", "--warmup", "0",
-                                     "--calls", "2"])  # fmt: skip
+                                     "--calls", "2", "--demo-steps", "2"])  # fmt: skip
+    assert "2 steps, fp32 on the CPU" in report
     for name in ("2 x txt2img", "2 x txt2img --server"):
         _, seconds, ratio, _ = row(report, name)
         assert re.fullmatch(SECONDS, seconds) and re.fullmatch(r"\d+\.\d{3}x", ratio)

@@ -302,17 +302,22 @@ def test_every_family_redraws_from_its_record(cli, tmp_path, models, family, ext
     [line] = run_ok(cli, "info", "--json", first)
     record = json.loads(Image.open(first).text["txt2img"])
     assert json.loads(line)["record"] == record
-    [again] = run_ok(cli, "--from", first, "-q", "-o", tmp_path / "b")
+    # The model folder is used because it lies in a folder the user gives.
+    [again] = run_ok(cli, "--from", first, "--models-dir", models[family].parent, "-q", "-o",
+                     tmp_path / "b")  # fmt: skip
     np.testing.assert_array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(first)))
     assert json.loads(Image.open(again).text["txt2img"]) == record
 
 
-def test_from_draws_the_same_pixels_and_overrides_change_only_themselves(cli, drawn, tmp_path):
-    [again] = run_ok(cli, "--from", drawn, "-q", "-o", tmp_path / "again")
+def test_from_draws_the_same_pixels_and_overrides_change_only_themselves(
+    cli, drawn, tmp_path, models
+):
+    [again] = run_ok(cli, "--from", drawn, "-m", models["sd1"], "-q", "-o", tmp_path / "again")
     np.testing.assert_array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(drawn)))
     first, second = (json.loads(Image.open(p).text["txt2img"]) for p in (drawn, again))
     assert first == second
-    [seeded] = run_ok(cli, "--from", drawn, "--seed", "10", "-q", "-o", tmp_path / "seeded")
+    [seeded] = run_ok(cli, "--from", drawn, "-m", models["sd1"], "--seed", "10", "-q", "-o",
+                      tmp_path / "seeded")  # fmt: skip
     third = json.loads(Image.open(seeded).text["txt2img"])
     assert {key for key in first if first[key] != third[key]} == {"seed"}
     assert not np.array_equal(np.asarray(Image.open(seeded)), np.asarray(Image.open(drawn)))
@@ -415,8 +420,9 @@ def test_a_record_with_values_of_the_wrong_type_is_a_usage_error(cli, tmp_path, 
     assert "is not a" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_the_model_variable_does_not_override_the_image(cli, tmp_path, drawn, monkeypatch):
+def test_the_model_variable_does_not_override_the_image(cli, tmp_path, drawn, monkeypatch, models):
     monkeypatch.setenv("TXT2IMG_MODEL", "no/such-model")
+    monkeypatch.setenv("TXT2IMG_MODELS_DIR", str(models["sd1"].parent))
     [again] = run_ok(cli, "--from", drawn, "-q", "-o", tmp_path)
     assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(drawn)))
 
@@ -453,3 +459,76 @@ def test_an_a1111_lora_tag_is_found_by_its_hash_when_the_file_is_renamed(
     assert f"<lora:foxStyle> names no LoRA in --lora-dir {tmp_path} (nor one with its hash" in (
         missing.stderr
     )
+
+
+# --- an image is untrusted input ----------------------------------------------------------
+
+
+def forged(drawn: Path, path: Path, change) -> Path:
+    """`drawn` with its txt2img record changed by `change(record)`, as anyone can."""
+    record = json.loads(Image.open(drawn).text["txt2img"])
+    change(record)
+    info = PngInfo()
+    info.add_text("txt2img", json.dumps(record))
+    Image.open(drawn).save(path, pnginfo=info)
+    return path
+
+
+def addon(record: dict, kind: str) -> dict:
+    return next(a for a in record["addons"] if a["kind"] == kind)
+
+
+def test_from_uses_the_files_an_image_names_only_as_the_user_allows(
+    cli, tmp_path, drawn, models, addon_dir
+):
+    """The LoRA and embedding files the record names match its hashes: used, and said.
+    The model folder does not (no hash): used only inside --models-dir."""
+    result = cli("--from", drawn, "--models-dir", models["sd1"].parent, "-q", "-o", tmp_path)
+    assert result.exit_code == 0, result.stderr
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(result.stdout.strip())), np.asarray(Image.open(drawn))
+    )
+    said = result.stderr
+    assert f"--from: model {models['sd1']} (it lies in {models['sd1'].parent})" in said
+    lora = addon_dir / "loras" / "style-a.safetensors"
+    assert f"the LoRA of <lora:style-a>: {lora} (its hash matches the image's record)" in said
+    assert f"the embedding myword: {addon_dir / 'myword.safetensors'} (its hash matches" in said
+    refused = cli("--from", drawn, "-o", tmp_path / "no")
+    assert refused.exit_code == ExitCode.MODEL
+    assert f"drawn with {models['sd1']}, which is not used" in refused.stderr
+    assert f"pass -m {models['sd1']} if you trust it" in refused.stderr
+
+
+def test_a_forged_record_cannot_make_txt2img_open_a_file_or_fetch_a_hub_id(
+    cli, tmp_path, drawn, models, addon_dir
+):
+    secret = tmp_path / "secret.ckpt"
+    secret.write_bytes(b"\x80\x02}q\x00.")  # a pickle the image wants loaded as a VAE
+
+    def vae(record):
+        record["addons"].append({"kind": "vae", "name": "secret", "hash": "0123456789",
+                                 "location": str(secret)})  # fmt: skip
+
+    image = forged(drawn, tmp_path / "vae.png", vae)
+    common = ("-m", models["sd1"], "--allow-pickle", "-o", tmp_path / "out")
+    result = cli("--from", image, *common)
+    assert result.exit_code == ExitCode.MODEL
+    assert f"the VAE secret ({secret}), which is not used" in result.stderr
+    assert "pass --vae with the file" in result.stderr
+
+    def hub(record):
+        record["model"] = "someone/else-model"
+
+    result = cli("--from", forged(drawn, tmp_path / "hub.png", hub), "-o", tmp_path / "out")
+    assert result.exit_code == ExitCode.MODEL
+    assert "nothing an image names is downloaded" in result.stderr
+    assert "pass -m someone/else-model if you trust it" in result.stderr
+
+    def lora_elsewhere(record):  # the tag's file replaced by another with the same name
+        addon(record, "lora")["location"] = str(tmp_path / "style-a.safetensors")
+
+    (tmp_path / "style-a.safetensors").write_bytes((addon_dir / "myword.safetensors").read_bytes())
+    image = forged(drawn, tmp_path / "lora.png", lora_elsewhere)
+    result = cli("--from", image, "-m", models["sd1"], "-o", tmp_path / "out")
+    assert result.exit_code == ExitCode.USAGE
+    assert "<lora:style-a>, but no --lora-dir was given" in result.stderr

@@ -74,7 +74,7 @@ def load_model(
     """`open_model`, said on stderr (`loras_later`: see there)."""
     mute_library_logs(verbose)
     reporter.info(f"loading {plan.source.location}")
-    model = open_model(plan, load, loras_later=loras_later)
+    model = open_model(plan, load, loras_later=loras_later, quiet=reporter.quiet)
     d = model.defaults
     savers = ", ".join(load.memory.names()) or "none"
     reporter.info(

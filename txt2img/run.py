@@ -119,6 +119,10 @@ def prompt_addons(settings: Settings) -> tuple[dict[str, Path], dict[str, Path]]
         text, tags = take_lora_tags(line.prompt)
         texts += [text, negative]
         for tag in tags:
+            recorded = settings.from_image.lora_files.get(tag.name)
+            if recorded is not None:
+                named.setdefault(tag.name, recorded)
+                continue
             if loras is None:
                 loras = folder_index(settings.lora_dirs, "--lora-dir")
             try:

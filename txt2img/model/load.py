@@ -33,6 +33,7 @@ from ..options import STANDARD, TURBO
 from ..settings import Device, Dtype, LoadOptions, MemorySavers
 from . import hashes
 from .addons import AddOn, Loras, addon_errors, load_embeddings, load_loras, load_vae
+from .download import fetch_model, hub_error
 from .fast import apply_fast_path, speedups_for
 from .source import (
     CONFIGS,
@@ -127,10 +128,12 @@ def open_model(
     options: LoadOptions,
     speedups: tuple[str, ...] | None = None,
     loras_later: bool = False,
+    quiet: bool = False,
 ) -> LoadedModel:
     """The whole loading sequence: device, speed-ups (those of `options`, or exactly
-    `speedups`), dtype, weights, add-ons, placement. `loras_later`: LoRAs may be loaded
-    after this (`txt2img serve`), so no speed-up may exclude them."""
+    `speedups`), dtype, a Hub model's download (said on stderr unless `quiet`), weights,
+    add-ons, placement. `loras_later`: LoRAs may be loaded after this (`txt2img serve`),
+    so no speed-up may exclude them."""
     device = pick_device(options.device)
     if speedups is None:
         has_loras = bool(plan.loras or plan.named_loras or loras_later)
@@ -149,7 +152,7 @@ def open_model(
             pipe = _load_single_file(source, config, dtype, state)
             vae_config = (str(config), "vae")
         else:
-            pipe = _load_pretrained(plan, options, dtype)
+            pipe = _load_pretrained(plan, options, dtype, quiet)
             vae_config = (source.location, "vae")
     except Exception as exc:
         if isinstance(exc, Txt2ImgError) or is_out_of_memory(exc):
@@ -166,12 +169,18 @@ def open_model(
     )  # fmt: skip
 
 
-def _load_pretrained(plan: ModelPlan, options: LoadOptions, dtype: torch.dtype) -> Any:
+def _load_pretrained(plan: ModelPlan, options: LoadOptions, dtype: torch.dtype, quiet: bool) -> Any:
     """A diffusers folder or Hub id. In fp16, the repository's fp16 variant where it has
     one (half the download), else its full weights. Pickled `.bin` weights only for a
     folder `plan_model` found and allowed them in (diffusers and transformers read them
-    with torch's weights-only loader)."""
+    with torch's weights-only loader). A Hub model is downloaded first, by
+    `download.fetch_model`, which tells whether it has the fp16 variant."""
     location = plan.source.location
+    fp16 = dtype == torch.float16
+    variant = fp16 and has_fp16_variant(plan.source)
+    if plan.source.kind is SourceKind.hub and not options.offline:
+        fetched = fetch_model(location, fp16, options.safety_checker, quiet)
+        variant = variant if fetched is None else fetched
     pipeline_class = _pipeline_class(
         DiffusionPipeline.load_config(location, local_files_only=options.offline)
     )
@@ -184,7 +193,7 @@ def _load_pretrained(plan: ModelPlan, options: LoadOptions, dtype: torch.dtype) 
     }
     if not options.safety_checker and pipeline_class is StableDiffusionPipeline:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
-    if dtype == torch.float16 and has_fp16_variant(plan.source):
+    if variant:
         try:
             return pipeline_class.from_pretrained(location, variant="fp16", **kwargs)
         except ValueError as exc:
@@ -341,33 +350,10 @@ def model_defaults(pipe: Any, name: str) -> ModelDefaults:
 
 
 def _load_error(source: ModelSource, exc: Exception) -> ModelError:
-    from huggingface_hub import constants
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-    )
-
     model = source.location
     if source.is_local:
         return refused_pickle(exc, model) or ModelError(
             f"cannot load the model in {model}: {first_line(exc)}",
             f"the {source.kind.value} looks incomplete or damaged; copy or download it again",
         )
-    if isinstance(exc, GatedRepoError):
-        return ModelError(
-            f"{model} is gated on the Hub", "accept its licence on its Hub page and set HF_TOKEN"
-        )
-    if isinstance(exc, RepositoryNotFoundError):
-        return ModelError(
-            f"there is no model {model} on the Hub (or it is private)",
-            "check the id, or set HF_TOKEN for a private model",
-        )
-    if constants.HF_HUB_OFFLINE or isinstance(exc, LocalEntryNotFoundError):
-        return ModelError(
-            f"{model} is not in the Hugging Face cache and the Hub cannot be reached",
-            "run once with network access to cache it, then it works offline",
-        )
-    return ModelError(
-        f"cannot load {model} from the Hub: {first_line(exc)}", "check the id and network"
-    )
+    return hub_error(model, exc)

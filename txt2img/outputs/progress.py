@@ -34,7 +34,7 @@ class RateColumn(ProgressColumn):
         return Text(f"{task.speed:.2f}/s" if task.speed else "")
 
 
-def _wants_live_display() -> bool:
+def wants_live_display() -> bool:
     return (
         sys.stderr.isatty()
         and "NO_COLOR" not in os.environ
@@ -62,7 +62,7 @@ class Reporter:
 
     def start(self) -> None:
         self.started = time.monotonic()
-        if self.quiet or not _wants_live_display():
+        if self.quiet or not wants_live_display():
             return
 
         self._progress = Progress(

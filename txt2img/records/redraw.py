@@ -9,13 +9,14 @@ Pure Python: no torch here.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError, UsageError, say
 from ..model.folders import SUFFIXES, folder_index
-from ..model.hashes import model_hash
-from ..model.source import HUB_ID
+from ..model.hashes import file_sha256, lora_hash, model_hash
+from ..model.source import DEMO_MODEL, HUB_ID
 from ..options import BY_KEY
 from ..prompt.syntax import take_lora_tags
 from ..settings import FromImage, folders
@@ -51,8 +52,8 @@ def values_from_image(
         return prompt, values, FromImage(hashes, names)
     if "model" not in given:
         values["model"] = find_model(image, folders(values, "models_dir"))
-    _addons_from_image(image, values, given)
-    return prompt, values, FromImage(hashes)
+    tag_files = _addons_from_image(image, values, given)
+    return prompt, values, FromImage(hashes, lora_files=tag_files)
 
 
 def _remote_model(image: ImageSettings, values: dict[str, Any], given: set[str]) -> tuple[str, ...]:
@@ -85,51 +86,157 @@ def _check_recorded(image: ImageSettings, key: str, value: Any) -> None:
         ) from None
 
 
-def _addons_from_image(image: ImageSettings, values: dict[str, Any], given: set[str]) -> None:
-    """txt2img's records name each add-on's file: its VAE, --lora and --embedding files
-    are given again, and the folders of the LoRAs its prompt's tags named are searched
-    where the user names no --lora-dir (TXT2IMG_LORA_DIR included). An A1111 image names
-    add-ons only; its tags are looked up in --lora-dir."""
+def _addons_from_image(
+    image: ImageSettings, values: dict[str, Any], given: set[str]
+) -> dict[str, Path]:
+    """The add-ons the image records, each used as `_recorded` allows or found in the
+    user's folders, else refused (drawing without one would be another picture in
+    silence). An option the user gives replaces the image's add-ons of its kind. The
+    LoRAs the prompt's tags name are found in --lora-dir at run time; without one, their
+    recorded files are used where `_recorded` allows: returned by tag name."""
     tagged = {tag.name for tag in take_lora_tags(str(image.values.get("prompt", "")))[1]}
-    loras, lora_dirs, embeddings = [], [], []
+    lora_dirs, embedding_dirs = folders(values, "lora_dir"), folders(values, "embeddings_dir")
+    loras, embeddings, tag_files = [], [], {}
     for addon in image.addons:
-        location = addon.get("location")
-        if not isinstance(location, str) or not location:
-            continue
-        if addon["kind"] == "vae" and "vae" not in given:
-            values["vae"] = location
-        elif addon["kind"] == "lora" and addon["name"] in tagged:
-            lora_dirs.append(str(Path(location).parent))
-        elif addon["kind"] == "lora":
-            loras.append(f"{location}:{addon.get('scale', 1.0)}")
-        elif addon["kind"] == "embedding" and isinstance(addon.get("token"), str):
-            embeddings.append(f"{location}:{addon['token']}")
-    if "lora" not in given and loras:
+        kind, name, digest = addon["kind"], addon.get("name"), addon.get("hash")
+        if kind == "vae" and "vae" not in given:
+            values["vae"] = _addon(image, addon, folders(values, "models_dir"), "--vae")
+        elif kind == "lora" and name in tagged:
+            use = None if lora_dirs else _recorded(addon.get("location"), digest, lora_hash, ())
+            if use is not None:
+                say(f"txt2img: --from: the LoRA of <lora:{name}>: {use[0]} ({use[1]})")
+                tag_files[str(name)] = Path(use[0])
+        elif kind == "lora" and "lora" not in given:
+            index = folder_index(lora_dirs, "--lora-dir")
+            loras.append(f"{_addon(image, addon, lora_dirs, '--lora', index)}:"
+                         f"{addon.get('scale', 1.0)}")  # fmt: skip
+        elif (
+            kind == "embedding"
+            and isinstance(addon.get("token"), str)
+            and not ({"embedding", "embeddings_dir"} & given)
+        ):
+            found = _addon(image, addon, embedding_dirs, "--embedding")
+            embeddings.append(f"{found}:{addon['token']}")
+    if loras:
         values["lora"] = loras
-    if "embedding" not in given and "embeddings_dir" not in given and embeddings:
+    if embeddings:
         values["embedding"] = embeddings
-    lora_dirs = [folder for folder in dict.fromkeys(lora_dirs) if Path(folder).is_dir()]
-    if lora_dirs and not folders(values, "lora_dir"):
-        values["lora_dir"] = lora_dirs
+    return tag_files
+
+
+_HASHERS: dict[str, Callable[[Path], str]] = {
+    "--vae": lambda path: file_sha256(path)[:10],
+    "--lora": lora_hash,
+    "--embedding": lambda path: file_sha256(path)[:12],
+}
+
+
+def _addon(
+    image: ImageSettings,
+    addon: dict[str, Any],
+    dirs: tuple[Path, ...],
+    flag: str,
+    index: dict[str, Path] | None = None,
+) -> str:
+    """The file to load for an add-on the image records: its recorded location where
+    `_recorded` allows, else (given an `index` of the user's folders) the file with its
+    name, or its hash; else refused."""
+    name, digest, location = addon.get("name"), addon.get("hash"), addon.get("location")
+    hash_of = _HASHERS[flag]
+    what = f"the {'VAE' if addon['kind'] == 'vae' else addon['kind']} {name}"
+    use = _recorded(location, digest, hash_of, dirs)
+    if use is None and index:
+        by_name = index.get(str(name))
+        if by_name is not None:
+            use = str(by_name), f"found in {flag}-dir by its name"
+        elif isinstance(digest, str):
+            by_hash = next((p for p in sorted(index.values()) if _hash(hash_of, p) == digest), None)
+            use = (str(by_hash), f"found in {flag}-dir by its hash") if by_hash else None
+    if use is None:
+        recorded = f" ({location})" if isinstance(location, str) else ""
+        raise ModelError(
+            f"{image.path} was drawn with {what}{recorded}, which is not used: {_UNTRUSTED}",
+            f"pass {flag} with the file if you trust it",
+        )
+    say(f"txt2img: --from: {what}: {use[0]} ({use[1]})")
+    return use[0]
+
+
+# Why a location an image records may not be used: an image is anyone's file.
+_UNTRUSTED = (
+    "a file an image names is used only when its hash matches the image's record or it lies "
+    "in a folder you gave, and nothing an image names is downloaded"
+)
+
+
+def _recorded(
+    location: Any, digest: Any, hash_of: Callable[[Path], str], dirs: tuple[Path, ...]
+) -> tuple[str, str] | None:
+    """A location an image records, and why it may be used; None if it may not. An
+    image is untrusted input: a recorded file is used only when its hash matches the
+    image's record, or it lies in a folder the user gave (or is the shipped demo model);
+    a Hub id only when it is in the Hugging Face cache already (nothing is downloaded
+    because an image names it)."""
+    if not isinstance(location, str) or not location:
+        return None
+    path = Path(location)
+    if HUB_ID.fullmatch(location) and not path.exists():
+        cached = _cached(location)
+        return (location, "a Hub id already in the Hugging Face cache") if cached else None
+    if not path.is_absolute() or not path.exists():
+        return None
+    resolved = path.resolve()
+    if resolved == DEMO_MODEL.resolve():
+        return location, "the demo model shipped with txt2img"
+    for folder in dirs:
+        if resolved.is_relative_to(folder.resolve()):
+            return location, f"it lies in {folder}"
+    if isinstance(digest, str) and _hash(hash_of, path) == digest.lower():
+        return location, "its hash matches the image's record"
+    return None
+
+
+def _hash(hash_of: Callable[[Path], str], path: Path) -> str | None:
+    try:
+        return hash_of(path)
+    except OSError:  # not a regular file, unreadable, or gone
+        return None
+
+
+def _cached(repo: str) -> bool:
+    """Whether the Hugging Face cache holds a snapshot of `repo`."""
+    from huggingface_hub import constants
+
+    snapshots = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "snapshots"
+    return snapshots.is_dir() and any(snapshots.iterdir())
 
 
 def find_model(image: ImageSettings, dirs: tuple[Path, ...]) -> str:
-    """The model the image was drawn with: txt2img's recorded location if it is still
-    there (or a Hub id), else a checkpoint in `dirs` with its A1111 `Model hash` (sha256,
-    10 hex digits; hashed once and cached), else one with its name."""
+    """The model the image was drawn with: txt2img's recorded location where `_recorded`
+    allows, else a checkpoint in `dirs` with its A1111 `Model hash` (sha256, 10 hex
+    digits; hashed once and cached), else one with its name. Said on stderr."""
     location, name, digest = (image.model.get(k) for k in ("location", "name", "hash"))
-    if location and (Path(location).exists() or HUB_ID.fullmatch(location)):
-        return location
-    candidates = folder_index(dirs, "--models-dir") if dirs else {}
+    use = _recorded(location, digest, model_hash, dirs)
+    candidates = folder_index(dirs, "--models-dir") if dirs and use is None else {}
     named = _by_name(candidates, name)
-    if digest and re.fullmatch(r"[0-9a-fA-F]{10}", digest):
+    if use is None and isinstance(digest, str) and re.fullmatch(r"[0-9a-fA-F]{10}", digest):
         for path in ([named] if named else []) + sorted(candidates.values()):
-            if _hash_or_none(path) == digest.lower():
-                return str(path)
-    if named is not None:
-        return str(named)
-    what = f"{name or 'an unnamed model'}" + (f" (Model hash {digest})" if digest else "")
+            if _hash(model_hash, path) == digest.lower():
+                use = str(path), "found in --models-dir by its Model hash"
+                break
+    if use is None and named is not None:
+        use = str(named), "found in --models-dir by its name"
+    if use is not None:
+        say(f"txt2img: --from: model {use[0]} ({use[1]})")
+        return use[0]
     where = f" in --models-dir {', '.join(map(str, dirs))}" if dirs else ""
+    if isinstance(location, str) and location:
+        raise ModelError(
+            f"{image.path} was drawn with {location}, which is not used, nor found{where}: "
+            + _UNTRUSTED,
+            f"pass -m {location} if you trust it, or --models-dir with the folder that holds it",
+        )
+    what = f"{name or 'an unnamed model'}" + (f" (Model hash {digest})" if digest else "")
     find = "sites like Civitai find a model by that hash; " if digest else ""
     raise ModelError(
         f"{image.path} was drawn with {what}, which is not found{where}",
@@ -146,10 +253,3 @@ def _by_name(candidates: dict[str, Path], name: str | None) -> Path | None:
         return candidates[name]
     path = Path(name)
     return candidates.get(path.stem) if path.suffix.lower() in SUFFIXES else None
-
-
-def _hash_or_none(path: Path) -> str | None:
-    try:
-        return model_hash(path)
-    except OSError:  # a dangling link or an unreadable file in the folder
-        return None
