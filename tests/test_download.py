@@ -72,6 +72,11 @@ def test_a_first_run_shows_its_download_survives_a_cut_and_works_offline_after(
         assert hub.requests == [] and "downloading" not in again.stderr
         assert np.array_equal(pixels(again.stdout), pixels(local.stdout))
 
+        hub.fail(500)  # online, but the Hub is down: the cached copy, as diffusers does
+        down = txt2img(hub, hf_home, *DRAW, "-o", tmp_path / "down")
+        assert down.returncode == 0, down.stderr
+        assert "the Hub could not serve" in down.stderr and "with the cached copy" in down.stderr
+
 
 FETCH = """
 import sys

@@ -64,10 +64,10 @@ class FromImage:
     """What `--from` found in an image beside option values, to find files by."""
 
     lora_hashes: dict[str, str] = field(default_factory=dict)  # tag name -> Lora hash
-    # tag name -> the LoRA file the image records, where --from may use it (no --lora-dir)
-    lora_files: dict[str, Path] = field(default_factory=dict)
     # --server: the names the server is asked for, in order: the Model hash, the name.
     model_names: tuple[str, ...] = ()
+    # tag name -> the LoRA file the image records, where --from may use it (no --lora-dir)
+    lora_files: dict[str, Path] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

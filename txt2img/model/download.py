@@ -30,6 +30,7 @@ from typing import Any
 
 from ..errors import ModelError, OutputError, Txt2ImgError, first_line, say
 from ..outputs.progress import wants_live_display
+from .source import in_hub_cache
 
 CHUNK = 1 << 20
 ATTEMPTS = 3  # per file, while each attempt brings new bytes; then the next run resumes
@@ -53,6 +54,13 @@ def fetch_model(repo: str, fp16: bool, safety_checker: bool, quiet: bool) -> boo
         return None
     try:
         info = HfApi().model_info(repo, files_metadata=True)
+    except Exception as exc:
+        if not in_hub_cache(repo):
+            raise hub_error(repo, exc) from exc
+        if not quiet:  # as diffusers does: the cached copy, when the Hub cannot be asked
+            say(f"txt2img: {hub_error(repo, exc).message}; drawing with the cached copy")
+        return None
+    try:
         sizes = {s.rfilename: _size(s) for s in info.siblings or []}
         index = _read_index(repo, info.sha)
         files, variant = chosen_files(sizes, index, fp16, safety_checker)

@@ -174,22 +174,23 @@ def _load_pretrained(plan: ModelPlan, options: LoadOptions, dtype: torch.dtype, 
     one (half the download), else its full weights. Pickled `.bin` weights only for a
     folder `plan_model` found and allowed them in (diffusers and transformers read them
     with torch's weights-only loader). A Hub model is downloaded first, by
-    `download.fetch_model`, which tells whether it has the fp16 variant."""
+    `download.fetch_model`, which tells whether it has the fp16 variant (or, None, that
+    only the cache is to be read)."""
     location = plan.source.location
     fp16 = dtype == torch.float16
-    variant = fp16 and has_fp16_variant(plan.source)
+    variant, cache_only = fp16 and has_fp16_variant(plan.source), options.offline
     if plan.source.kind is SourceKind.hub and not options.offline:
         fetched = fetch_model(location, fp16, options.safety_checker, quiet)
-        variant = variant if fetched is None else fetched
+        variant, cache_only = (variant, True) if fetched is None else (fetched, False)
     pipeline_class = _pipeline_class(
-        DiffusionPipeline.load_config(location, local_files_only=options.offline)
+        DiffusionPipeline.load_config(location, local_files_only=cache_only)
     )
     kwargs: dict[str, Any] = {
         "dtype": dtype,
         # None: each component from its safetensors file where it has one, else from the
         # pickles plan_model checked and allowed.
         "use_safetensors": None if plan.pickled_folder else True,
-        "local_files_only": options.offline,
+        "local_files_only": cache_only,
     }
     if not options.safety_checker and pipeline_class is StableDiffusionPipeline:
         kwargs.update(safety_checker=None, requires_safety_checker=False)

@@ -88,6 +88,14 @@ def locate(model: str, allow_pickle: bool = False) -> ModelSource:
     return ModelSource(model, SourceKind.hub)
 
 
+def in_hub_cache(repo: str) -> bool:
+    """Whether the Hugging Face cache holds a snapshot of Hub id `repo`."""
+    from huggingface_hub import constants
+
+    snapshots = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "snapshots"
+    return snapshots.is_dir() and any(snapshots.iterdir())
+
+
 CONFIGS = Path(__file__).parent / "configs"
 CLIP_VOCAB = CONFIGS / "clip-vocab"  # the one copy of CLIP's vocab.json and merges.txt
 BUILT_IN_CONFIGS = ("sd1", "sd2", "sd2-v", "sdxl")

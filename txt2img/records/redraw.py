@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import ModelError, UsageError, say
 from ..model.folders import SUFFIXES, folder_index
 from ..model.hashes import file_sha256, lora_hash, model_hash
-from ..model.source import DEMO_MODEL, HUB_ID
+from ..model.source import DEMO_MODEL, HUB_ID, in_hub_cache
 from ..options import BY_KEY
 from ..prompt.syntax import take_lora_tags
 from ..settings import FromImage, folders
@@ -49,7 +49,7 @@ def values_from_image(
               if a["kind"] == "lora" and isinstance(a.get("hash"), str)}  # fmt: skip
     if remote:
         names = _remote_model(image, values, given)
-        return prompt, values, FromImage(hashes, names)
+        return prompt, values, FromImage(hashes, model_names=names)
     if "model" not in given:
         values["model"] = find_model(image, folders(values, "models_dir"))
     tag_files = _addons_from_image(image, values, given)
@@ -181,7 +181,7 @@ def _recorded(
         return None
     path = Path(location)
     if HUB_ID.fullmatch(location) and not path.exists():
-        cached = _cached(location)
+        cached = in_hub_cache(location)
         return (location, "a Hub id already in the Hugging Face cache") if cached else None
     if not path.is_absolute() or not path.exists():
         return None
@@ -201,14 +201,6 @@ def _hash(hash_of: Callable[[Path], str], path: Path) -> str | None:
         return hash_of(path)
     except OSError:  # not a regular file, unreadable, or gone
         return None
-
-
-def _cached(repo: str) -> bool:
-    """Whether the Hugging Face cache holds a snapshot of `repo`."""
-    from huggingface_hub import constants
-
-    snapshots = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "snapshots"
-    return snapshots.is_dir() and any(snapshots.iterdir())
 
 
 def find_model(image: ImageSettings, dirs: tuple[Path, ...]) -> str:
