@@ -236,8 +236,16 @@ def startup_section(args: argparse.Namespace, env: dict[str, str]) -> str:
             "txt2img",
             lambda out: [
                 txt2img_argv(
-                    DEMO_PROMPT, "-m", "demo", "--seed", "1", "--steps", str(args.demo_steps),
-                    "-q", "-o", str(out),
+                    DEMO_PROMPT,
+                    "-m",
+                    "demo",
+                    "--seed",
+                    "1",
+                    "--steps",
+                    str(args.demo_steps),
+                    "-q",
+                    "-o",
+                    str(out),
                 )
             ],
             expect_pngs(1),
@@ -291,8 +299,17 @@ def batch_section(args: argparse.Namespace, env: dict[str, str]) -> str:
             "txt2img -f",
             lambda out: [
                 txt2img_argv(
-                    "-f", str(prompts_file), "-m", "demo", "--seed", "1", "--steps",
-                    str(args.demo_steps), "-q", "-o", str(out),
+                    "-f",
+                    str(prompts_file),
+                    "-m",
+                    "demo",
+                    "--seed",
+                    "1",
+                    "--steps",
+                    str(args.demo_steps),
+                    "-q",
+                    "-o",
+                    str(out),
                 )
             ],
             expect_pngs(len(prompts)),
