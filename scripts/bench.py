@@ -229,24 +229,14 @@ def startup_section(args: argparse.Namespace, env: dict[str, str]) -> str:
     compare(help_contenders, args.runs * 2, env, args.warmup)
 
     log("startup: command to first PNG")
+    steps = ("--steps", str(args.demo_steps))
     prompts_file = args.work / "one-prompt.txt"
     prompts_file.write_text(DEMO_PROMPT + "\n")
     png_contenders = [
         Contender(
             "txt2img",
             lambda out: [
-                txt2img_argv(
-                    DEMO_PROMPT,
-                    "-m",
-                    "demo",
-                    "--seed",
-                    "1",
-                    "--steps",
-                    str(args.demo_steps),
-                    "-q",
-                    "-o",
-                    str(out),
-                )
+                txt2img_argv(DEMO_PROMPT, "-m", "demo", "--seed", "1", *steps, "-q", "-o", str(out))
             ],
             expect_pngs(1),
         ),
@@ -294,6 +284,7 @@ def batch_section(args: argparse.Namespace, env: dict[str, str]) -> str:
     prompts_file = args.work / "prompts.txt"
     prompts_file.write_text("\n".join(prompts) + "\n")
     log(f"batch: {len(prompts)} prompts")
+    steps = ("--steps", str(args.demo_steps))
     contenders = [
         Contender(
             "txt2img -f",
@@ -305,8 +296,7 @@ def batch_section(args: argparse.Namespace, env: dict[str, str]) -> str:
                     "demo",
                     "--seed",
                     "1",
-                    "--steps",
-                    str(args.demo_steps),
+                    *steps,
                     "-q",
                     "-o",
                     str(out),
