@@ -18,6 +18,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from txt2img.errors import ExitCode
 from txt2img.model import hashes
+from txt2img.noise import nv_randn
 from txt2img.records.read import parse_infotext, read_image_settings
 
 A1111_TEXT = (
@@ -44,7 +45,7 @@ def test_an_a1111_infotext_parses_back_to_its_settings(tmp_path):
     assert settings.values == {
         "prompt": fields["Prompt"], "negative_prompt": "blurry,\nlowres", "seed": 1234567890,
         "steps": 30, "guidance": 7.0, "clip_skip": 2, "width": 512, "height": 768,
-        "scheduler": "dpm++2m-karras", "emphasis": "no-norm",
+        "scheduler": "dpm++2m-karras", "emphasis": "no-norm", "rng": "nv",
     }  # fmt: skip
     assert settings.model == {"name": "v1-5-pruned-emaonly", "hash": "6ce0161689"}
     assert settings.addons == [
@@ -181,6 +182,7 @@ SPECIAL_FILES = """
 import os, sys
 from pathlib import Path
 from txt2img.model import hashes
+from txt2img.noise import nv_randn
 from txt2img.model.folders import folder_index
 from txt2img.records.redraw import find_model
 from txt2img.records.read import ImageSettings
@@ -351,9 +353,11 @@ def test_an_a1111_image_is_redrawn_with_its_model_found_by_hash(
     models_dir = checkpoint.parent.parent
     [redrawn] = run_ok(cli, "--from", image, "--models-dir", models_dir, "--config", models["sd1"],
                        "-q", "-o", tmp_path / "redrawn")  # fmt: skip
+    # No RNG key: A1111's GPU noise, which txt2img draws as an NVIDIA card does (--rng nv).
     [direct] = run_ok(cli, "a red fox", "-n", "blurry", "--steps", 2, "--scheduler",
                       "dpm++2m-karras", "-g", 6, "--seed", 5, "-W", 64, "-H", 64, "-m", checkpoint,
-                      "--config", models["sd1"], "-q", "-o", tmp_path / "direct")  # fmt: skip
+                      "--config", models["sd1"], "--rng", "nv", "-q",
+                      "-o", tmp_path / "direct")  # fmt: skip
     np.testing.assert_array_equal(np.asarray(Image.open(redrawn)), np.asarray(Image.open(direct)))
     pipe = DiffusionPipeline.from_pretrained(
         models["sd1"], local_files_only=True
@@ -363,8 +367,9 @@ def test_an_a1111_image_is_redrawn_with_its_model_found_by_hash(
     )
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator("cpu").manual_seed(5)
+    latents = torch.from_numpy(nv_randn(5, (4, 8, 8)))[None]
     reference = pipe("a red fox", negative_prompt="blurry", num_inference_steps=2, guidance_scale=6,
-                     width=64, height=64, generator=generator)  # fmt: skip
+                     width=64, height=64, generator=generator, latents=latents)  # fmt: skip
     np.testing.assert_array_equal(np.asarray(Image.open(redrawn)), np.asarray(reference.images[0]))
     params = parse_infotext(Image.open(redrawn).text["parameters"])
     assert params["Model hash"] == digest  # written for single files, as A1111 does

@@ -102,11 +102,13 @@ def test_a1111s_missing_fields_take_a1111s_defaults_and_gpu_noise_is_said(tmp_pa
     image = a1111_png(tmp_path / "a.png", "a fox\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 1")
     settings = read_image_settings(image)
     assert (settings.values["clip_skip"], settings.values["emphasis"]) == (1, "original")
+    assert settings.values["rng"] == "nv"  # A1111's GPU noise, as an NVIDIA card draws it
     assert settings.notes and "GPU noise" in settings.notes[0]
-    values = {"clip_skip": 2, "emphasis": "ignore", "prompts_file": None, "model": None}
+    values = {"clip_skip": 2, "emphasis": "ignore", "prompts_file": None, "model": None,
+              "rng": "cpu"}  # fmt: skip
     _, drawn, _ = values_from_image(image, None, values, given=set(), remote=True)
-    assert (drawn["clip_skip"], drawn["emphasis"]) == (1, "original")  # not the env's defaults
-    assert "so the picture will differ" in capsys.readouterr().err
+    assert (drawn["clip_skip"], drawn["emphasis"], drawn["rng"]) == (1, "original", "nv")
+    assert "an image drawn on another GPU comes out different" in capsys.readouterr().err
     cpu = a1111_png(tmp_path / "b.png", "a fox\nSteps: 2, Sampler: Euler, Seed: 1, RNG: CPU")
     assert read_image_settings(cpu).notes == []
     odd = a1111_png(tmp_path / "c.png", "a fox\nSteps: 2, Sampler: Euler, Emphasis: Loud, Seed: 1")
@@ -204,7 +206,7 @@ def test_the_infotext_writer_and_the_reader_agree_on_defaults():
         "prompt": "a fox", "negative_prompt": "", "seed": 1, "steps": 2, "guidance": 7.0,
         "width": 64, "height": 64, "scheduler": None, "clip_skip": 1, "emphasis": "original",
         "sampler": "DPM++ 2M", "schedule_type": "Uniform", "model_hash": None,
-        "model_name": "demo_model", "addons": [], "pad_conds": False,
+        "model_name": "demo_model", "addons": [], "pad_conds": False, "rng": "cpu",
     }  # fmt: skip
     fields = read_infotext(infotext(record))
     assert (fields["Sampler"], fields["Schedule type"]) == ("DPM++ 2M", "Uniform")

@@ -171,6 +171,19 @@ def test_api_images_equal_the_command_lines(server, tmp_path):
     assert read["info"] == info["infotexts"][1] and read["parameters"]["Seed"] == "6"
 
 
+def test_randn_source_gpu_draws_an_nvidia_cards_noise_as_rng_nv_does(server, tmp_path):
+    body = {**REQUEST, "seed": 8, "override_settings": {"randn_source": "GPU"}}
+    answer = post(server, "txt2img", body)
+    assert answer.status_code == 200, answer.text
+    done = txt2img("a red circle", *LOCAL, "--seed", 8, "--rng", "nv", "-o", tmp_path)
+    assert done.returncode == 0, done.stderr
+    image = decoded(answer.json()["images"][0])
+    assert np.array_equal(pixels(image), pixels(Path(done.stdout.strip())))
+    assert ", RNG: NV," in answer.json()["info"]
+    wrong = post(server, "txt2img", {**body, "override_settings": {"randn_source": "TPU"}})
+    assert wrong.status_code == 400 and "randn_source" in wrong.text
+
+
 @pytest.mark.parametrize("model", ["tiny-sd1", "demo_model"])
 def test_every_scheduler_is_redrawn_by_the_api_from_a1111s_reading(
     server, folders, model, tmp_path

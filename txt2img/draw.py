@@ -34,6 +34,7 @@ from .model.addons import AddOn
 from .model.load import LoadedModel, open_model
 from .model.schedulers import a1111_sampler, build_scheduler
 from .model.source import ModelPlan
+from .noise import nv_randn
 from .options import BY_KEY
 from .outputs.progress import Reporter
 from .outputs.steps import StepRecorder, recording, strip
@@ -296,7 +297,9 @@ def render(
     interrupt and cancel) and the images are decoded from the latents reached.
 
     Each image gets its own fresh CPU generator, so its starting noise depends only on
-    its seed: not on the device, the batch size, or what was drawn before."""
+    its seed: not on the device, the batch size, or what was drawn before. With `--rng
+    nv` the starting noise is NVIDIA's for the seed (`noise.nv_randn`); the generators
+    still give the ancestral samplers' step noise."""
     first = batch[0]
     use_scheduler(model, first["scheduler"])
     model.loras.use(first.lora_tags)  # before the prompts are encoded: LoRAs act there too
@@ -319,6 +322,7 @@ def render(
                 width=first["width"],
                 height=first["height"],
                 generator=[torch.Generator("cpu").manual_seed(job["seed"]) for job in batch],
+                latents=starting_noise(model.pipe, batch),
                 output_type="np",
                 callback_on_step_end=step_callback,
             )
@@ -330,6 +334,18 @@ def render(
         raise model_failed(exc) from exc
     nsfw = getattr(output, "nsfw_content_detected", None)
     return Drawn(output.images, final["latents"], nsfw, recorder)
+
+
+def starting_noise(pipe: Any, batch: list[ImageJob]) -> torch.Tensor | None:
+    """The batch's starting latents with `--rng nv`, in the U-Net's dtype as a GPU's
+    `torch.randn` gives them; None lets the pipeline draw them from the generators."""
+    first = batch[0]
+    if first["rng"] != "nv":
+        return None
+    factor = pipe.vae_scale_factor
+    shape = (pipe.unet.config.in_channels, first["height"] // factor, first["width"] // factor)
+    noise = np.stack([nv_randn(job["seed"], shape) for job in batch])
+    return torch.from_numpy(noise).to(pipe.unet.device, pipe.unet.dtype)
 
 
 # Where diffusers checks the settings it is given; a ValueError from anywhere else in a

@@ -31,6 +31,8 @@ MAX_LINE_BYTES = 65_536  # one line of a prompts file
 MAX_LINES = 1_000_000  # lines of a prompts file, blank and comment lines included
 MAX_PROMPTS_BYTES = 64 << 20  # a whole prompts file
 MAX_CLIP_SKIP = 12  # A1111's range; a model with fewer text-encoder layers allows fewer
+# Where the starting noise comes from (--rng, see noise.py) and A1111's `RNG` for each.
+RNG = {"cpu": "CPU", "nv": "NV"}
 # A1111's emphasis modes (--emphasis) and the names its infotext gives them.
 EMPHASIS = {"original": "Original", "no-norm": "No norm", "ignore": "Ignore", "none": "None"}
 
@@ -216,6 +218,10 @@ OPTIONS: tuple[Option, ...] = (
            "(weights, then each chunk's mean restored), no-norm (weights only), ignore "
            "(brackets parsed, weights dropped), none (the prompt taken literally).",
            default="original", per_image=True, choices=tuple(EMPHASIS)),
+    Option("rng", ("--rng",), "Where the starting noise comes from: cpu (torch's CPU "
+           "generator for the seed) or nv (what an NVIDIA GPU's torch.randn gives for the "
+           "seed, A1111's default on NVIDIA cards, computed the same on any device).",
+           default="cpu", per_image=True, choices=tuple(RNG)),
     # Per run.
     Option("prompts_file", ("--prompts-file", "-f"), "One prompt per line, with optional "
            "per-line options; .jsonl for JSON objects; - reads standard input."),

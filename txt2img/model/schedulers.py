@@ -44,6 +44,8 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
     "unipc": SchedulerSpec("UniPCMultistepScheduler", "UniPC"),
     "lcm": SchedulerSpec("LCMScheduler", "LCM"),
 }
+# The samplers that add fresh noise at every step (drawn from the image's CPU generator).
+STEP_NOISE = frozenset({"euler-a", "lcm"})
 
 
 @dataclass(frozen=True)

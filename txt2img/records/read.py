@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from ..model.schedulers import scheduler_for
-from ..options import EMPHASIS, RECORDED_OPTIONS, from_json
+from ..model.schedulers import STEP_NOISE, scheduler_for
+from ..options import EMPHASIS, RECORDED_OPTIONS, RNG, from_json
 
 USER_COMMENT = 0x9286  # EXIF UserComment, in the Exif IFD
 EXIF_IFD = 0x8769
@@ -210,10 +210,16 @@ def _from_infotext(path: Path, parameters: str) -> ImageSettings:
     values.setdefault("clip_skip", 1)
     _take(values, problems, "emphasis", lambda: _emphasis(fields.get("Emphasis", "Original"), path))
     notes = []
-    if fields.get("RNG", "GPU") != "CPU":
+    _take(values, problems, "rng", lambda: _rng(fields.get("RNG", "GPU"), path))
+    if fields.get("RNG", "GPU") == "GPU":
         notes.append(
-            f"{path} was drawn from {fields.get('RNG', 'GPU')} noise; txt2img draws the "
-            "starting noise on the CPU, so the picture will differ"
+            f"{path} was drawn from A1111's GPU noise: txt2img draws an NVIDIA GPU's "
+            "(--rng nv), so an image drawn on another GPU comes out different"
+        )
+    if values.get("rng") == "nv" and values.get("scheduler") in STEP_NOISE:
+        notes.append(
+            f"{path}'s sampler adds noise at every step, which txt2img draws on the CPU: "
+            "the starting noise is the image's, the picture will still differ"
         )
     model = {"name": fields.get("Model"), "hash": fields.get("Model hash")}
     addons = [
@@ -225,6 +231,15 @@ def _from_infotext(path: Path, parameters: str) -> ImageSettings:
         addons.insert(0, {"kind": "vae", "name": fields["VAE"], "hash": fields.get("VAE hash")})
     return ImageSettings(path, "a1111", parameters, fields, values, model, addons,
                          problems=problems, notes=notes)  # fmt: skip
+
+
+def _rng(name: str, path: Path) -> str:
+    """A1111's `RNG`: GPU (its default; an NVIDIA GPU's noise is what txt2img can give)
+    and NV are `nv`, CPU is `cpu`."""
+    sources = {"GPU": "nv", **{name: key for key, name in RNG.items()}}
+    if name not in sources:
+        raise UsageError(f"{path}: its RNG {name!r} is not one of {', '.join(sources)}")
+    return sources[name]
 
 
 def _emphasis(name: str, path: Path) -> str:

@@ -188,8 +188,8 @@ def _recorded(
     resolved = path.resolve()
     if resolved == DEMO_MODEL.resolve():
         return location, "the demo model shipped with txt2img"
-    for folder in dirs:
-        if resolved.is_relative_to(folder.resolve()):
+    for folder in dirs:  # (or a link in it leads there)
+        if resolved.is_relative_to(folder.resolve()) or (folder / path.name).resolve() == resolved:
             return location, f"it lies in {folder}"
     if isinstance(digest, str) and _hash(hash_of, path) == digest.lower():
         return location, "its hash matches the image's record"

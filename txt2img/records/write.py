@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from .. import __version__
-from ..options import EMPHASIS, RECORDED_OPTIONS
+from ..options import EMPHASIS, RECORDED_OPTIONS, RNG
 
 # What the model and the device decided, beside the per-image options.
 MODEL_KEYS = (
@@ -104,7 +104,7 @@ def infotext(record: dict[str, Any]) -> str:
         "Model": record["model_name"],
         "VAE hash": _one(record, "vae", "hash"),
         "VAE": _one(record, "vae", "name"),
-        "RNG": "CPU",  # we always draw the starting noise on the CPU
+        "RNG": RNG[record["rng"]],
         "Lora hashes": _hashes(record, "lora"),
         "TI hashes": _hashes(record, "embedding"),
         "Emphasis": _emphasis(record),

@@ -25,7 +25,7 @@ from ..model.schedulers import (
     scheduler_for,
     split_sampler,
 )
-from ..options import BY_KEY, EMPHASIS, MAX_CLIP_SKIP, MAX_SEED, check_text
+from ..options import BY_KEY, EMPHASIS, MAX_CLIP_SKIP, MAX_SEED, RNG, check_text
 from ..prompt.syntax import check_prompts
 from ..records.write import infotext
 from ..settings import random_seed
@@ -46,7 +46,7 @@ class Refusal(Exception):
 
 
 # override_settings keys that act on a request; A1111's others are ignored.
-OVERRIDES = ("sd_model_checkpoint", "CLIP_stop_at_last_layers", "emphasis")
+OVERRIDES = ("sd_model_checkpoint", "CLIP_stop_at_last_layers", "emphasis", "randn_source")
 EMPHASIS_BY_NAME = {name: key for key, name in EMPHASIS.items()}
 
 
@@ -138,6 +138,7 @@ def plan_request(request: Txt2ImgRequest, defaults: dict[str, Any], max_pixels: 
         "scheduler": request_scheduler(request),
         "clip_skip": overrides["clip_skip"],
         "emphasis": overrides["emphasis"],
+        "rng": overrides["rng"],
     }
     fields = {"steps": "steps", "guidance": "cfg_scale", "width": "width", "height": "height"}
     for key, field in fields.items():
@@ -203,7 +204,18 @@ def settings_overrides(
         values["clip_skip"] = clip_skip_option(overrides["CLIP_stop_at_last_layers"])
     if "emphasis" in overrides:
         values["emphasis"] = emphasis_option(overrides["emphasis"])
+    if "randn_source" in overrides:
+        values["rng"] = rng_option(overrides["randn_source"])
     return values, [key for key in overrides if key not in OVERRIDES]
+
+
+def rng_option(value: Any) -> str:
+    """A1111's randn_source: GPU (an NVIDIA GPU's noise, as txt2img computes it) and NV
+    are `nv`, CPU is `cpu`."""
+    sources = {"GPU": "nv", **{name: key for key, name in RNG.items()}}
+    if not isinstance(value, str) or value not in sources:
+        raise Refusal(400, f"randn_source must be one of {', '.join(sources)}")
+    return sources[value]
 
 
 def clip_skip_option(value: Any) -> int:

@@ -33,7 +33,7 @@ from ..errors import (
     is_out_of_memory,
     say,
 )
-from ..options import EMPHASIS
+from ..options import EMPHASIS, RNG
 from ..outputs.progress import Reporter
 from ..records.read import MAX_INFOTEXT_CHARS, _user_comment, header_text, parse_infotext
 from ..records.write import text_chunks
@@ -159,7 +159,7 @@ class Service:
         self.catalog = Catalog(config)
         self.models = LoadedModels(config, self.catalog, reporter)
         self.worker = Worker(self.models, config, lambda message: log(config, message))
-        self.defaults = {"clip_skip": 1, "emphasis": "original"}
+        self.defaults = {"clip_skip": 1, "emphasis": "original", "rng": "cpu"}
 
     def log(self, message: str) -> None:
         log(self.config, message)
@@ -312,6 +312,7 @@ def _a1111_routes(app: FastAPI, service: Service) -> None:
             "sd_model_checkpoint": current.title, "sd_checkpoint_hash": current.sha256(),
             "samples_format": "png", "CLIP_stop_at_last_layers": service.defaults["clip_skip"],
             "emphasis": EMPHASIS[service.defaults["emphasis"]], "sd_vae": "Automatic",
+            "randn_source": RNG[service.defaults["rng"]],
         }  # fmt: skip
 
     @app.post("/sdapi/v1/options")
@@ -328,7 +329,7 @@ def _a1111_routes(app: FastAPI, service: Service) -> None:
                 if task.error is not None:
                     raise Refusal(500, error_fields(task.error)["message"],
                                   type(task.error).__name__)  # fmt: skip
-        service.defaults = {"clip_skip": values["clip_skip"], "emphasis": values["emphasis"]}
+        service.defaults = {key: values[key] for key in ("clip_skip", "emphasis", "rng")}
         return None
 
     @app.get("/sdapi/v1/sd-models")
