@@ -118,7 +118,9 @@ def test_every_command_line_flag_is_an_option_on_a_prompt_line(tmp_path, flag):
     prompts = tmp_path / "p.txt"
     option = per_image.get(flag)
     value = "4"  # a valid value of every per-image option that takes a number
-    if option is not None and option.choices:
+    if flag == "--variation-strength":
+        value = "0.4"  # a fraction
+    elif option is not None and option.choices:
         value = option.choices[-1]
     elif option is not None and option.kind is int:
         value = "8"

@@ -207,6 +207,7 @@ def test_the_infotext_writer_and_the_reader_agree_on_defaults():
         "width": 64, "height": 64, "scheduler": None, "clip_skip": 1, "emphasis": "original",
         "sampler": "DPM++ 2M", "schedule_type": "Uniform", "model_hash": None,
         "model_name": "demo_model", "addons": [], "pad_conds": False, "rng": "cpu",
+        "variation_seed": 5, "variation_strength": 0.0, "ensd": 0,
     }  # fmt: skip
     fields = read_infotext(infotext(record))
     assert (fields["Sampler"], fields["Schedule type"]) == ("DPM++ 2M", "Uniform")

@@ -34,7 +34,7 @@ from .model.addons import AddOn
 from .model.load import LoadedModel, open_model
 from .model.schedulers import a1111_sampler, build_scheduler
 from .model.source import ModelPlan
-from .noise import nv_randn
+from .noise import starting_noise
 from .options import BY_KEY
 from .outputs.progress import Reporter
 from .outputs.steps import StepRecorder, recording, strip
@@ -296,14 +296,15 @@ def render(
     told of every step; when it returns True the call stops there (`txt2img serve`'s
     interrupt and cancel) and the images are decoded from the latents reached.
 
-    Each image gets its own fresh CPU generator, so its starting noise depends only on
-    its seed: not on the device, the batch size, or what was drawn before. With `--rng
-    nv` the starting noise is NVIDIA's for the seed (`noise.nv_randn`); the generators
-    still give the ancestral samplers' step noise."""
+    Each image's starting noise and step noise come from its own seed
+    (`noise.starting_noise`): not from the device, the batch size, or what was drawn
+    before."""
     first = batch[0]
     use_scheduler(model, first["scheduler"])
     model.loras.use(first.lora_tags)  # before the prompts are encoded: LoRAs act there too
     final: dict[str, torch.Tensor] = {}
+    latents, generators = starting_noise(batch, latent_shape(model.pipe, first))
+    unet = model.pipe.unet
 
     def step_callback(pipeline: Any, step: int, timestep: Any, tensors: dict) -> dict:
         final["latents"] = tensors["latents"]
@@ -321,8 +322,9 @@ def render(
                 guidance_scale=first["guidance"],
                 width=first["width"],
                 height=first["height"],
-                generator=[torch.Generator("cpu").manual_seed(job["seed"]) for job in batch],
-                latents=starting_noise(model.pipe, batch),
+                generator=generators,
+                # as a GPU's torch.randn gives them: in the U-Net's dtype
+                latents=None if latents is None else latents.to(unet.device, unet.dtype),
                 output_type="np",
                 callback_on_step_end=step_callback,
             )
@@ -336,16 +338,9 @@ def render(
     return Drawn(output.images, final["latents"], nsfw, recorder)
 
 
-def starting_noise(pipe: Any, batch: list[ImageJob]) -> torch.Tensor | None:
-    """The batch's starting latents with `--rng nv`, in the U-Net's dtype as a GPU's
-    `torch.randn` gives them; None lets the pipeline draw them from the generators."""
-    first = batch[0]
-    if first["rng"] != "nv":
-        return None
+def latent_shape(pipe: Any, job: ImageJob) -> tuple[int, int, int]:
     factor = pipe.vae_scale_factor
-    shape = (pipe.unet.config.in_channels, first["height"] // factor, first["width"] // factor)
-    noise = np.stack([nv_randn(job["seed"], shape) for job in batch])
-    return torch.from_numpy(noise).to(pipe.unet.device, pipe.unet.dtype)
+    return pipe.unet.config.in_channels, job["height"] // factor, job["width"] // factor
 
 
 # Where diffusers checks the settings it is given; a ValueError from anywhere else in a

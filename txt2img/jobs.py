@@ -63,24 +63,35 @@ class ImageJob:
 
 def plan_jobs(settings: Settings) -> list[ImageJob]:
     """Image i of the run (counting from 0) gets seed + i, unless its prompt line sets a
-    seed: then that line's images get that seed, + 1, + 2..."""
+    seed: then that line's images get that seed, + 1, + 2... (and so for the variation
+    seed; see `seeds_of`)."""
     jobs: list[ImageJob] = []
     for line in settings.prompts:
         options = {option.key: line.overrides.get(option.key, settings.image[option.key])
                    for option in IMAGE_OPTIONS}  # fmt: skip
         count = options["num_images"]
-        first_seed = line.overrides.get("seed", settings.image["seed"] + len(jobs))
+        for key in ("seed", "variation_seed"):
+            options[key] = line.overrides.get(key, settings.image[key] + len(jobs))
         try:
             check_image_count(len(jobs) + count)
-            check_seed_range(first_seed, count)
+            check_seed_range(options["seed"], count)
+            check_seed_range(options["variation_seed"], count)
             check_prompts(line.prompt, options["negative_prompt"], options["emphasis"])
         except UsageError as exc:
             raise at_line(line.line, exc) from exc
         for k in range(count):
             values = {option.key: options[option.key] for option in RECORDED_OPTIONS}
-            values["seed"] = first_seed + k
-            jobs.append(ImageJob(len(jobs), line.line, line.prompt, values))
+            jobs.append(ImageJob(len(jobs), line.line, line.prompt, seeds_of(values, k)))
     return jobs
+
+
+def seeds_of(values: dict[str, Any], k: int) -> dict[str, Any]:
+    """`values` of the k-th image of a prompt (its `seed` and `variation_seed` the
+    first's): A1111's rule. Image k gets seed + k; with a variation strength above 0
+    every image keeps the seed and gets variation seed + k instead."""
+    if values["variation_strength"]:
+        return {**values, "variation_seed": values["variation_seed"] + k}
+    return {**values, "seed": values["seed"] + k, "variation_seed": values["variation_seed"] + k}
 
 
 def at_line(line: int, exc: Txt2ImgError) -> Txt2ImgError:

@@ -96,6 +96,11 @@ def _check_guidance(flag: str, value: float | None) -> None:
         )
 
 
+def _check_fraction(flag: str, value: float | None) -> None:
+    if value is not None and not (math.isfinite(value) and 0 <= value <= 1):
+        raise UsageError(f"{flag} must be between 0 and 1, got {value}")
+
+
 def _check_gib(flag: str, value: float | None) -> None:
     if value is not None and not (math.isfinite(value) and value > 0):
         raise UsageError(f"{flag} must be a number of GiB above 0, got {value}")
@@ -218,6 +223,19 @@ OPTIONS: tuple[Option, ...] = (
            "(weights, then each chunk's mean restored), no-norm (weights only), ignore "
            "(brackets parsed, weights dropped), none (the prompt taken literally).",
            default="original", per_image=True, choices=tuple(EMPHASIS)),
+    Option("variation_seed", ("--variation-seed",), "A second seed, whose noise is mixed "
+           "into the seed's by --variation-strength (A1111's Variation seed); image i uses "
+           "it + i (default: random).", int, per_image=True, check=_checked_range(0, MAX_SEED),
+           infotext="Variation seed", batch="free"),
+    Option("variation_strength", ("--variation-strength",), "How much of the variation "
+           "seed's noise to mix in, from 0 to 1, by A1111's spherical mix; above 0 every "
+           "image of a prompt keeps the seed and only the variation seed goes +1.", float,
+           default=0.0, per_image=True, check=_check_fraction,
+           infotext="Variation seed strength", infotext_default=0.0),
+    Option("ensd", ("--ensd",), "A1111's eta noise seed delta: samplers that add noise at "
+           "every step (euler-a, lcm) draw it from seed + ENSD.", int, default=0,
+           per_image=True, check=_checked_range(0, MAX_SEED), infotext="ENSD",
+           infotext_default=0),
     Option("rng", ("--rng",), "Where the starting noise comes from: cpu (torch's CPU "
            "generator for the seed) or nv (what an NVIDIA GPU's torch.randn gives for the "
            "seed, A1111's default on NVIDIA cards, computed the same on any device).",

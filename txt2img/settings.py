@@ -135,6 +135,8 @@ def build_settings(
     if seed_is_random:
         image["seed"] = random_seed()
     check_seed_range(image["seed"], image["num_images"])
+    if image["variation_seed"] is None:  # drawn even when unused, as A1111 draws it
+        image["variation_seed"] = random_seed()
     if values["model"] is not None and not values["model"].strip():
         raise UsageError("--model is empty", "give a Hub id or a local model folder")
     existing = existing_policy(values["resume"], values["overwrite"])

@@ -206,8 +206,10 @@ def _from_infotext(path: Path, parameters: str) -> ImageSettings:
         schedule = fields.get("Schedule type", _automatic_before_1_9(fields))
         _take(values, problems, "scheduler",
               lambda: scheduler_for(fields["Sampler"], schedule, str(path)))  # fmt: skip
-    # A1111 leaves out what is at its default: Clip skip 1, Emphasis Original, RNG GPU.
-    values.setdefault("clip_skip", 1)
+    # A1111 leaves out what is at its default: Clip skip 1, Emphasis Original, RNG GPU,
+    # no variation (its seed is then unused), ENSD 0.
+    for key, default in (("clip_skip", 1), ("variation_strength", 0.0), ("ensd", 0)):
+        values.setdefault(key, default)
     _take(values, problems, "emphasis", lambda: _emphasis(fields.get("Emphasis", "Original"), path))
     notes = []
     _take(values, problems, "rng", lambda: _rng(fields.get("RNG", "GPU"), path))
@@ -272,7 +274,9 @@ def _size(text: str, index: int, path: Path) -> int:
 
 
 _NUMBERS = {"seed": ("Seed", int), "steps": ("Steps", int), "guidance": ("CFG scale", float),
-            "clip_skip": ("Clip skip", int)}  # fmt: skip
+            "clip_skip": ("Clip skip", int), "variation_seed": ("Variation seed", int),
+            "variation_strength": ("Variation seed strength", float),
+            "ensd": ("ENSD", int)}  # fmt: skip
 
 
 def _number(fields: dict[str, str], name: str, kind: type, path: Path) -> Any:

@@ -83,8 +83,8 @@ def unforgeable(text: str) -> str:
 # is not placed here goes before "Version".
 _INFOTEXT_ORDER = (
     "Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model",
-    "VAE hash",
-    "VAE", "RNG", "Lora hashes", "TI hashes", "Version",
+    "VAE hash", "VAE", "Variation seed", "Variation seed strength", "RNG", "Lora hashes",
+    "TI hashes", "Version",
 )  # fmt: skip
 
 
@@ -105,6 +105,8 @@ def infotext(record: dict[str, Any]) -> str:
         "VAE hash": _one(record, "vae", "hash"),
         "VAE": _one(record, "vae", "name"),
         "RNG": RNG[record["rng"]],
+        # A1111 writes the variation seed only where it acts.
+        "Variation seed": record["variation_seed"] if record["variation_strength"] else None,
         "Lora hashes": _hashes(record, "lora"),
         "TI hashes": _hashes(record, "embedding"),
         "Emphasis": _emphasis(record),

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from .. import __version__
 from ..errors import UsageError
-from ..jobs import ImageJob
+from ..jobs import ImageJob, seeds_of
 from ..model.schedulers import (
     SAMPLERS,
     SCHEDULE_TYPES,
@@ -46,7 +46,13 @@ class Refusal(Exception):
 
 
 # override_settings keys that act on a request; A1111's others are ignored.
-OVERRIDES = ("sd_model_checkpoint", "CLIP_stop_at_last_layers", "emphasis", "randn_source")
+OVERRIDES = (
+    "sd_model_checkpoint",
+    "CLIP_stop_at_last_layers",
+    "emphasis",
+    "randn_source",
+    "eta_noise_seed_delta",
+)
 EMPHASIS_BY_NAME = {name: key for key, name in EMPHASIS.items()}
 
 
@@ -84,6 +90,8 @@ class Txt2ImgRequest(BaseModel):
     seed: int | None = -1
     subseed: int | None = -1
     subseed_strength: float | None = 0
+    seed_resize_from_w: int | None = -1
+    seed_resize_from_h: int | None = -1
     sampler_name: str | None = None
     sampler_index: str | None = "Euler"
     scheduler: str | None = None
@@ -139,8 +147,12 @@ def plan_request(request: Txt2ImgRequest, defaults: dict[str, Any], max_pixels: 
         "clip_skip": overrides["clip_skip"],
         "emphasis": overrides["emphasis"],
         "rng": overrides["rng"],
+        "variation_seed": 0,  # each job's own below
+        "variation_strength": request.value("subseed_strength"),
+        "ensd": overrides["ensd"],
     }
-    fields = {"steps": "steps", "guidance": "cfg_scale", "width": "width", "height": "height"}
+    fields = {"steps": "steps", "guidance": "cfg_scale", "width": "width", "height": "height",
+              "variation_strength": "subseed_strength"}  # fmt: skip
     for key, field in fields.items():
         checked(lambda flag, key=key: BY_KEY[key].validate(values[key]), field, BY_KEY[key].flag)
     checked(lambda flag: check_prompts(prompt, negative, values["emphasis"]), "prompt")
@@ -148,12 +160,11 @@ def plan_request(request: Txt2ImgRequest, defaults: dict[str, Any], max_pixels: 
     check_count("batch_size", batch_size, MAX_BATCH_SIZE)
     check_count("n_iter", iterations, MAX_ITERATIONS)
     count = batch_size * iterations
-    seed = request.value("seed")
-    if seed < 0:
-        seed = random_seed()
-    if seed > MAX_SEED - (count - 1):
-        raise Refusal(400, f"seed must be at most {MAX_SEED - (count - 1)}")
-    jobs = [ImageJob(k, 0, prompt, {**values, "seed": seed + k}) for k in range(count)]
+    for key, field in (("seed", "seed"), ("variation_seed", "subseed")):
+        values[key] = request.value(field) if request.value(field) >= 0 else random_seed()
+        if values[key] > MAX_SEED - (count - 1):
+            raise Refusal(400, f"{field} must be at most {MAX_SEED - (count - 1)}")
+    jobs = [ImageJob(k, 0, prompt, seeds_of(values, k)) for k in range(count)]
     checked(lambda flag: check_pixels(jobs[:batch_size], max_pixels), "width")
     return Plan(jobs, batch_size, overrides["model"], ignored, time.strftime("%Y%m%d%H%M%S"))
 
@@ -179,7 +190,10 @@ def refuse_unsupported(request: Txt2ImgRequest) -> None:
         "enable_hr (hires fix)": request.value("enable_hr"),
         "restore_faces": request.value("restore_faces"),
         "tiling": request.value("tiling"),
-        "subseed_strength (variation seeds)": (request.value("subseed_strength") or 0) > 0,
+        "seed_resize_from_w/h": max(
+            request.value("seed_resize_from_w") or 0, request.value("seed_resize_from_h") or 0
+        )
+        > 0,
         "script_name (scripts)": bool(request.script_name),
         "alwayson_scripts (extensions)": any(
             isinstance(script, dict) and script.get("args")
@@ -206,6 +220,8 @@ def settings_overrides(
         values["emphasis"] = emphasis_option(overrides["emphasis"])
     if "randn_source" in overrides:
         values["rng"] = rng_option(overrides["randn_source"])
+    if "eta_noise_seed_delta" in overrides:
+        values["ensd"] = whole_option("eta_noise_seed_delta", overrides["eta_noise_seed_delta"])
     return values, [key for key in overrides if key not in OVERRIDES]
 
 
@@ -219,11 +235,16 @@ def rng_option(value: Any) -> str:
 
 
 def clip_skip_option(value: Any) -> int:
-    whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
-    if isinstance(value, bool) or not whole:
-        raise Refusal(400, f"CLIP_stop_at_last_layers must be a whole number, got {value!r}")
+    value = whole_option("CLIP_stop_at_last_layers", value)
     if not 1 <= value <= MAX_CLIP_SKIP:
         raise Refusal(400, f"CLIP_stop_at_last_layers must be between 1 and {MAX_CLIP_SKIP}")
+    return value
+
+
+def whole_option(name: str, value: Any) -> int:
+    whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not whole or not 0 <= value <= MAX_SEED:
+        raise Refusal(400, f"{name} must be a whole number from 0, got {value!r}")
     return int(value)
 
 
@@ -245,6 +266,7 @@ def info(plan: Plan, records: list[dict[str, Any]]) -> str:
     jobs = plan.jobs
     first = records[0] if records else {"model_name": None, "model_hash": None}
     seeds = [job["seed"] for job in jobs]
+    subseeds = [job["variation_seed"] for job in jobs]
     spec = SCHEDULERS[jobs[0]["scheduler"]]  # as the images' records say, where there are any
     sampler, schedule = (first["sampler"], first["schedule_type"]) if records else (
         spec.sampler, spec.schedule
@@ -254,8 +276,9 @@ def info(plan: Plan, records: list[dict[str, Any]]) -> str:
         "all_prompts": [job.prompt for job in jobs],
         "negative_prompt": jobs[0]["negative_prompt"],
         "all_negative_prompts": [job["negative_prompt"] for job in jobs],
-        "seed": seeds[0], "all_seeds": seeds, "subseed": seeds[0], "all_subseeds": seeds,
-        "subseed_strength": 0, "width": jobs[0]["width"], "height": jobs[0]["height"],
+        "seed": seeds[0], "all_seeds": seeds, "subseed": subseeds[0], "all_subseeds": subseeds,
+        "subseed_strength": jobs[0]["variation_strength"], "width": jobs[0]["width"],
+        "height": jobs[0]["height"],
         "sampler_name": sampler, "cfg_scale": jobs[0]["guidance"],
         "steps": jobs[0]["steps"], "batch_size": plan.batch_size, "restore_faces": False,
         "face_restoration_model": None, "sd_model_name": first["model_name"],

@@ -159,7 +159,7 @@ class Service:
         self.catalog = Catalog(config)
         self.models = LoadedModels(config, self.catalog, reporter)
         self.worker = Worker(self.models, config, lambda message: log(config, message))
-        self.defaults = {"clip_skip": 1, "emphasis": "original", "rng": "cpu"}
+        self.defaults = {"clip_skip": 1, "emphasis": "original", "rng": "cpu", "ensd": 0}
 
     def log(self, message: str) -> None:
         log(self.config, message)
@@ -313,6 +313,7 @@ def _a1111_routes(app: FastAPI, service: Service) -> None:
             "samples_format": "png", "CLIP_stop_at_last_layers": service.defaults["clip_skip"],
             "emphasis": EMPHASIS[service.defaults["emphasis"]], "sd_vae": "Automatic",
             "randn_source": RNG[service.defaults["rng"]],
+            "eta_noise_seed_delta": service.defaults["ensd"],
         }  # fmt: skip
 
     @app.post("/sdapi/v1/options")
@@ -329,7 +330,7 @@ def _a1111_routes(app: FastAPI, service: Service) -> None:
                 if task.error is not None:
                     raise Refusal(500, error_fields(task.error)["message"],
                                   type(task.error).__name__)  # fmt: skip
-        service.defaults = {key: values[key] for key in ("clip_skip", "emphasis", "rng")}
+        service.defaults = {key: values[key] for key in ("clip_skip", "emphasis", "rng", "ensd")}
         return None
 
     @app.get("/sdapi/v1/sd-models")
