@@ -728,3 +728,14 @@ def test_zip_bomb_is_refused_before_it_inflates(cli, tmp_path, models, no_torch_
     result = cli(PROMPT, "-m", models["sd1"], flag, bomb, "--allow-pickle", "-q", "-o", out)
     message = assert_one_line_error(result, ExitCode.UNSAFE_CHECKPOINT, out)
     assert "would inflate" in message
+
+
+def test_a_self_containing_embedding_dict_is_checked_without_looping():
+    """With --allow-pickle, torch's weights-only loader can give a dict that holds itself."""
+    from txt2img.model.addons import _check_width
+
+    looped: dict = {}
+    looped["again"] = looped
+    encoder = torch.nn.Module()
+    encoder.get_input_embeddings = lambda: torch.nn.Embedding(4, 8)
+    _check_width(looped, encoder, "looped.pt")  # no tensors, no width to refuse

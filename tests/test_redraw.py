@@ -507,6 +507,8 @@ def test_from_uses_the_files_an_image_names_only_as_the_user_allows(
 def test_a_forged_record_cannot_make_txt2img_open_a_file_or_fetch_a_hub_id(
     cli, tmp_path, drawn, models, addon_dir
 ):
+    import hashlib
+
     secret = tmp_path / "secret.ckpt"
     secret.write_bytes(b"\x80\x02}q\x00.")  # a pickle the image wants loaded as a VAE
 
@@ -520,6 +522,17 @@ def test_a_forged_record_cannot_make_txt2img_open_a_file_or_fetch_a_hub_id(
     assert result.exit_code == ExitCode.MODEL
     assert f"the VAE secret ({secret}), which is not used" in result.stderr
     assert "pass --vae with the file" in result.stderr
+
+    notes = tmp_path / "notes.txt"  # not a weights file: never read, whatever its hash
+    notes.write_text("private")
+
+    def vae_notes(record):
+        record["addons"].append({"kind": "vae", "name": "notes", "location": str(notes),
+                                 "hash": hashlib.sha256(b"private").hexdigest()[:10]})  # fmt: skip
+
+    result = cli("--from", forged(drawn, tmp_path / "notes.png", vae_notes), *common)
+    assert result.exit_code == ExitCode.MODEL and "the VAE notes" in result.stderr
+    assert hashes.cached_sha256(notes) is None  # never hashed
 
     def hub(record):
         record["model"] = "someone/else-model"
@@ -537,3 +550,27 @@ def test_a_forged_record_cannot_make_txt2img_open_a_file_or_fetch_a_hub_id(
     result = cli("--from", image, "-m", models["sd1"], "-o", tmp_path / "out")
     assert result.exit_code == ExitCode.USAGE
     assert "<lora:style-a>, but no --lora-dir was given" in result.stderr
+
+
+def test_a_hub_id_an_image_names_is_used_from_the_cache_and_the_run_is_offline(
+    tmp_path, drawn, capsys
+):
+    from huggingface_hub import constants
+
+    from txt2img.records.redraw import values_from_image
+
+    snapshot = Path(constants.HF_HUB_CACHE) / "models--someone--cached" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True, exist_ok=True)
+
+    def hub(record):
+        record["model"] = "someone/cached"
+        record["addons"] = []
+        record["prompt"] = "a red fox"
+
+    image = forged(drawn, tmp_path / "hub.png", hub)
+    values = {key: None for key in ("model", "models_dir", "lora_dir", "embeddings_dir",
+                                    "vae", "lora", "embedding", "prompts_file")}  # fmt: skip
+    values["offline"] = False
+    _, drawn_with, _ = values_from_image(image, None, values, given=set())
+    assert drawn_with["model"] == "someone/cached" and drawn_with["offline"] is True
+    assert "a Hub id already in the Hugging Face cache" in capsys.readouterr().err

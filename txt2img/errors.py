@@ -125,7 +125,9 @@ def first_line(exc: BaseException) -> str:
     """The gist of a library's message: its first line, without terminal codes or
     unfilled {placeholders}, short."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
-    line = _UNFILLED.sub("", (text.splitlines() or [type(exc).__name__])[0])
+    line = (text.splitlines() or [type(exc).__name__])[0]
+    if not isinstance(exc, OSError):  # an OSError's {braces} are a file's name
+        line = _UNFILLED.sub("", line)
     return line if len(line) <= 200 else line[:200] + "..."
 
 

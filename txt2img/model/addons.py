@@ -307,10 +307,11 @@ def _check_width(vectors: Any, encoder: Any, path: str) -> None:
     for SD 2.x), else the embedding was made for another family; said here, in words."""
     width = encoder.get_input_embeddings().weight.shape[-1]
     tensors = [vectors] if isinstance(vectors, torch.Tensor) else []
-    pending = [vectors] if isinstance(vectors, dict) else []
+    pending, seen = ([vectors] if isinstance(vectors, dict) else []), set()
     while pending:  # {token: tensor}, A1111's {"string_to_param": {"*": tensor}}
         for value in pending.pop().values():
-            if isinstance(value, dict):
+            if isinstance(value, dict) and id(value) not in seen:  # (a pickle may loop)
+                seen.add(id(value))
                 pending.append(value)
             elif isinstance(value, torch.Tensor):
                 tensors.append(value)

@@ -35,7 +35,9 @@ from .source import in_hub_cache
 CHUNK = 1 << 20
 ATTEMPTS = 3  # per file, while each attempt brings new bytes; then the next run resumes
 _WEIGHTS = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".msgpack", ".h5", ".onnx", ".pb")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")  # a large (LFS) file's ETag: its sha256
+_GIT_SHA1 = re.compile(r"[0-9a-f]{40}")  # a small file's ETag: its git blob id
+_COMMIT = _GIT_SHA1
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,9 @@ def fetch_model(repo: str, fp16: bool, safety_checker: bool, quiet: bool) -> boo
             say(f"txt2img: {hub_error(repo, exc).message}; drawing with the cached copy")
         return None
     try:
-        sizes = {s.rfilename: _size(s) for s in info.siblings or []}
+        if not (isinstance(info.sha, str) and _COMMIT.fullmatch(info.sha)):
+            raise ValueError(f"the Hub gave {repo} no commit id, or a malformed one")
+        sizes = {s.rfilename: _size(s) for s in info.siblings or [] if _safe_path(s.rfilename)}
         index = _read_index(repo, info.sha)
         files, variant = chosen_files(sizes, index, fp16, safety_checker)
         missing = [f for f in files if not _cached(repo, info.sha, f.path)]
@@ -70,9 +74,23 @@ def fetch_model(repo: str, fp16: bool, safety_checker: bool, quiet: bool) -> boo
         _write_ref(repo, info.sha)
     except Txt2ImgError:
         raise
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise OutputError(
+                f"cannot write {repo} into the Hugging Face cache: {exc.strerror}",
+                "free some space (what was downloaded is kept and resumed), or point HF_HOME "
+                "at a larger disk",
+            ) from None
+        raise hub_error(repo, exc) from exc
     except Exception as exc:
         raise hub_error(repo, exc) from exc
     return variant
+
+
+def _safe_path(name: str) -> bool:
+    """A repository file name the cache may hold: relative, without `..`."""
+    parts = Path(name).parts
+    return bool(parts) and not Path(name).is_absolute() and ".." not in parts
 
 
 def _size(sibling: Any) -> int:
@@ -146,31 +164,28 @@ def _fetch_file(
 ) -> None:
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
-    meta = get_hf_file_metadata(hf_hub_url(repo, file.path, revision=commit))
-    if not meta.etag or meta.size is None or not re.fullmatch(r"[\w.-]+", meta.etag):
+    url = hf_hub_url(repo, file.path, revision=commit)
+    meta = get_hf_file_metadata(url)
+    etag = meta.etag or ""
+    if meta.size is None or not (_SHA256.fullmatch(etag) or _GIT_SHA1.fullmatch(etag)):
         raise ValueError(f"the Hub gave no usable ETag or size for {file.path}")
-    blob = storage / "blobs" / meta.etag
+    blob = storage / "blobs" / etag
     blob.parent.mkdir(parents=True, exist_ok=True)
     part = blob.with_name(blob.name + ".incomplete")
     try:
         with open(part, "ab") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)  # another run fetching the same file
             if not blob.exists():
+                if handle.tell() > meta.size:  # not a part of this file: start over
+                    handle.truncate(0)
                 progress.resumed(handle.tell())
-                _receive(meta.location, handle, meta.size, file.path, progress)
-                _check_digest(part, meta.etag, file.path)
+                # The Hub's own address: a redirect to its storage carries no token.
+                _receive(url, handle, meta.size, file.path, progress)
+                _check_digest(part, etag, meta.size, file.path)
                 os.chmod(part, 0o644)
                 os.replace(part, blob)
             else:
                 progress.resumed(file.size)
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise OutputError(
-                f"cannot write {repo} into the Hugging Face cache: {exc.strerror}",
-                "free some space (what was downloaded is kept and resumed), or point HF_HOME "
-                "at a larger disk",
-            ) from None
-        raise
     finally:
         if blob.exists():
             part.unlink(missing_ok=True)
@@ -201,10 +216,13 @@ def _receive(url: str, handle: Any, size: int, name: str, progress: DownloadProg
                 timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT,
             ) as got:  # fmt: skip
                 hf_raise_for_status(got)
-                if start and got.status_code != 206:  # the range was ignored: start over
-                    handle.seek(0)
+                resumed_at = _range_start(got.headers.get("Content-Range"))
+                if start and (got.status_code != 206 or resumed_at != start):
+                    handle.seek(0)  # the range was ignored: start over
                     handle.truncate()
-                    progress.advance(-start)
+                    progress.resumed(-start)
+                    if got.status_code == 206:
+                        raise ValueError(f"the Hub sent {name} from byte {resumed_at}")
                 for chunk in got.iter_bytes():
                     handle.write(chunk)
                     progress.advance(len(chunk))
@@ -221,17 +239,21 @@ def _receive(url: str, handle: Any, size: int, name: str, progress: DownloadProg
         raise ModelError(f"the Hub sent {handle.tell()} bytes of {name}, not {size}", "run again")
 
 
-def _check_digest(part: Path, etag: str, name: str) -> None:
-    """A large file's ETag is its sha256: a file that does not match is discarded."""
-    if not _SHA256.fullmatch(etag):
-        return
-    digest = hashlib.sha256()
+def _range_start(header: str | None) -> int | None:
+    match = re.fullmatch(r"bytes (\d+)-\d+/\d+", header or "")
+    return int(match[1]) if match else None
+
+
+def _check_digest(part: Path, etag: str, size: int, name: str) -> None:
+    """The ETag names the content: a large file's sha256, or a small one's git blob id
+    (sha1 of "blob SIZE\\0" and the bytes). A file that does not match is discarded."""
+    digest = hashlib.sha256() if _SHA256.fullmatch(etag) else hashlib.sha1(b"blob %d\0" % size)
     with open(part, "rb") as handle:
         for block in iter(lambda: handle.read(CHUNK), b""):
             digest.update(block)
     if digest.hexdigest() != etag:
         part.unlink()
-        raise ModelError(f"the downloaded {name} is damaged (its sha256 differs)", "run again")
+        raise ModelError(f"the downloaded {name} does not match its ETag: damaged", "run again")
 
 
 def _write_ref(repo: str, commit: str) -> None:
@@ -245,6 +267,17 @@ def _write_ref(repo: str, commit: str) -> None:
     temporary = ref.with_name(f".main.{os.getpid()}")
     temporary.write_text(commit)
     os.replace(temporary, ref)
+
+
+def hub_cause(exc: BaseException) -> bool:
+    """Whether huggingface_hub's own error is among `exc`'s causes (diffusers wraps it)."""
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    while exc is not None:
+        if isinstance(exc, (HfHubHTTPError, LocalEntryNotFoundError)):
+            return True
+        exc = exc.__cause__  # type: ignore[assignment]
+    return False
 
 
 def hub_error(repo: str, exc: BaseException) -> ModelError:

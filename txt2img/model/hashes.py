@@ -5,7 +5,7 @@ acceptable.
 The cache is a JSON file in the user cache folder ($XDG_CACHE_HOME/txt2img, else
 ~/.cache/txt2img), keyed by absolute path and valid while the file's size and modification
 time are unchanged. A process reads it once and writes it once (`flush`, at the end of a
-folder search and at exit), however many files it hashes. Two runs may write it at once:
+server's model search and at exit), however many files it hashes. Two runs may write it at once:
 each holds an flock on a lock file while it reads, merges and replaces the cache (written
 to a temporary file, then renamed); entries for files that are gone or changed are pruned
 then, and the cache is bounded. Only regular files are hashed, and the cache and its lock
@@ -134,7 +134,7 @@ class _Cache:
             data = _pruned({**_read(self.path), **added})
             temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
             try:
-                temporary.write_text(json.dumps(data, sort_keys=True), encoding="utf-8")
+                temporary.write_text(json.dumps(data), encoding="utf-8")  # oldest first
                 os.replace(temporary, self.path)
             finally:
                 temporary.unlink(missing_ok=True)

@@ -33,7 +33,7 @@ from ..options import STANDARD, TURBO
 from ..settings import Device, Dtype, LoadOptions, MemorySavers
 from . import hashes
 from .addons import AddOn, Loras, addon_errors, load_embeddings, load_loras, load_vae
-from .download import fetch_model, hub_error
+from .download import fetch_model, hub_cause, hub_error
 from .fast import apply_fast_path, speedups_for
 from .source import (
     CONFIGS,
@@ -41,6 +41,7 @@ from .source import (
     ModelPlan,
     ModelSource,
     SourceKind,
+    in_hub_cache,
     readable_config,
 )
 from .weights import WeightsFormat, load_pickle, named_for_its_format, refused_pickle
@@ -174,23 +175,21 @@ def _load_pretrained(plan: ModelPlan, options: LoadOptions, dtype: torch.dtype, 
     one (half the download), else its full weights. Pickled `.bin` weights only for a
     folder `plan_model` found and allowed them in (diffusers and transformers read them
     with torch's weights-only loader). A Hub model is downloaded first, by
-    `download.fetch_model`, which tells whether it has the fp16 variant (or, None, that
-    only the cache is to be read)."""
+    `download.fetch_model`, which tells whether it has the fp16 variant; diffusers then
+    reads the cache only, so nothing is downloaded out of sight."""
     location = plan.source.location
     fp16 = dtype == torch.float16
-    variant, cache_only = fp16 and has_fp16_variant(plan.source), options.offline
+    variant = fp16 and has_fp16_variant(plan.source)
     if plan.source.kind is SourceKind.hub and not options.offline:
         fetched = fetch_model(location, fp16, options.safety_checker, quiet)
-        variant, cache_only = (variant, True) if fetched is None else (fetched, False)
-    pipeline_class = _pipeline_class(
-        DiffusionPipeline.load_config(location, local_files_only=cache_only)
-    )
+        variant = variant if fetched is None else fetched
+    pipeline_class = _pipeline_class(DiffusionPipeline.load_config(location, local_files_only=True))
     kwargs: dict[str, Any] = {
         "dtype": dtype,
         # None: each component from its safetensors file where it has one, else from the
         # pickles plan_model checked and allowed.
         "use_safetensors": None if plan.pickled_folder else True,
-        "local_files_only": cache_only,
+        "local_files_only": True,
     }
     if not options.safety_checker and pipeline_class is StableDiffusionPipeline:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
@@ -357,4 +356,10 @@ def _load_error(source: ModelSource, exc: Exception) -> ModelError:
             f"cannot load the model in {model}: {first_line(exc)}",
             f"the {source.kind.value} looks incomplete or damaged; copy or download it again",
         )
-    return hub_error(model, exc)
+    if hub_cause(exc) or not in_hub_cache(model):
+        return hub_error(model, exc)
+    return ModelError(
+        f"cannot load {model} from the Hugging Face cache: {first_line(exc)}",
+        "the cached copy looks incomplete or damaged; delete it from the cache to download it "
+        "again",
+    )

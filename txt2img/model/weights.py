@@ -34,8 +34,10 @@ def open_regular(path: Path) -> BinaryIO:
     """`path` opened for reading if it is a regular file (after links), else OSError.
     Opened without blocking, so a FIFO (or a link to /dev/urandom) is refused, not read
     forever."""
-    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+    if not stat.S_ISREG(os.stat(path).st_mode):  # a device is not even opened
+        raise OSError(f"{path} is not a regular file")
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):  # (replaced meanwhile)
         os.close(descriptor)
         raise OSError(f"{path} is not a regular file")
     return os.fdopen(descriptor, "rb")

@@ -53,6 +53,9 @@ def values_from_image(
     if "model" not in given:
         values["model"] = find_model(image, folders(values, "models_dir"))
     tag_files = _addons_from_image(image, values, given)
+    named = [values["model"], values.get("vae")] if "model" not in given else [values.get("vae")]
+    if any(isinstance(v, str) and HUB_ID.fullmatch(v) and not Path(v).exists() for v in named):
+        values["offline"] = True  # a Hub id only the image names: read from the cache only
     return prompt, values, FromImage(hashes, lora_files=tag_files)
 
 
@@ -191,7 +194,9 @@ def _recorded(
     for folder in dirs:  # (or a link in it leads there)
         if resolved.is_relative_to(folder.resolve()) or (folder / path.name).resolve() == resolved:
             return location, f"it lies in {folder}"
-    if isinstance(digest, str) and _hash(hash_of, path) == digest.lower():
+    # Only a weights file is hashed: an image must not make txt2img read ~/.ssh/id_rsa.
+    weights = path.suffix.lower() in SUFFIXES and not resolved.is_relative_to(Path("/dev"))
+    if weights and isinstance(digest, str) and _hash(hash_of, path) == digest.lower():
         return location, "its hash matches the image's record"
     return None
 

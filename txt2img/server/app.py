@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, RootModel, ValidationError
 from starlette.middleware.cors import CORSMiddleware
 
 from ..errors import (
@@ -222,6 +223,30 @@ def build_app(service: Service) -> Any:
     return RequestLog(asgi, service)
 
 
+class _OptionsRequest(RootModel[dict[str, Any]]):
+    pass
+
+
+class _PngInfoRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    image: Any = None
+
+
+async def parsed(request: Request, model: type[BaseModel]) -> Any:
+    """A request's JSON body read into `model` off the event loop (a 64 MiB body takes
+    seconds to parse), with FastAPI's 422 answer when it does not fit."""
+    raw = await request.body()
+
+    def read() -> Any:
+        try:
+            return model.model_validate_json(raw or b"{}")
+        except ValidationError as exc:
+            errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+            raise RequestValidationError(errors) from None
+
+    return await asyncio.to_thread(read)
+
+
 async def _refusal_response(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, Refusal)
     return a1111_error(exc.status, exc.detail, exc.error, exc.headers)
@@ -245,7 +270,8 @@ def _a1111_routes(app: FastAPI, service: Service) -> None:
     catalog, models, worker = service.catalog, service.models, service.worker
 
     @app.post("/sdapi/v1/txt2img")
-    async def txt2img(body: a1111.Txt2ImgRequest, request: Request) -> Any:
+    async def txt2img(request: Request) -> Any:
+        body = await parsed(request, a1111.Txt2ImgRequest)
         started = time.perf_counter()
         # Checked off the event loop: a prompt's checking is linear, but not free.
         plan = await asyncio.to_thread(
@@ -317,7 +343,8 @@ def _a1111_routes(app: FastAPI, service: Service) -> None:
         }  # fmt: skip
 
     @app.post("/sdapi/v1/options")
-    async def set_options(body: dict[str, Any], request: Request) -> Any:
+    async def set_options(request: Request) -> Any:
+        body = (await parsed(request, _OptionsRequest)).root
         started = time.perf_counter()
         values, _ = a1111.settings_overrides(body, service.defaults)
         if values["model"] is not None:
@@ -387,7 +414,8 @@ def _a1111_routes(app: FastAPI, service: Service) -> None:
         return {"txt2img": [], "img2img": []}
 
     @app.post("/sdapi/v1/png-info")
-    async def png_info(body: dict[str, Any]) -> Any:
+    async def png_info(request: Request) -> Any:
+        body = (await parsed(request, _PngInfoRequest)).model_dump()
         # Decoding and parsing a client's image is work: never on the event loop.
         return await asyncio.to_thread(read_png_info, body.get("image"))
 
@@ -606,8 +634,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
         )[0]
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(128)
+        sock.bind(address)  # the port is taken now; connections are taken by listen()
     except OSError as exc:
         raise UsageError(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}",
@@ -627,6 +654,7 @@ def serve(config: ServeConfig) -> None:
     except BaseException:
         sock.close()
         raise
+    sock.listen(128)  # once the model is loaded: before, a client is refused at once
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     log(config, f"serving {service.models.current.name} on http://{shown}:{port} "

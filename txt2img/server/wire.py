@@ -78,8 +78,8 @@ def read_draw_request(
     ):
         raise UsageError("lora_hashes must map LoRA names to hex hashes")
     done = body.get("done", [])
-    if not isinstance(done, list) or not all(_is_int(index) for index in done):
-        raise UsageError("done must be a list of image indices")
+    if not isinstance(done, list) or len(done) > MAX_IMAGES or not all(map(_is_int, done)):
+        raise UsageError(f"done must be a list of at most {MAX_IMAGES} image indices")
     options = {key: body.get(key, BY_KEY[key].default)
                for key in ("batch_size", "keep_going", "save_steps", "verbose")}  # fmt: skip
     for key, kind in (("batch_size", int), ("save_steps", int), ("keep_going", bool),
