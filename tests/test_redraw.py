@@ -46,6 +46,7 @@ def test_an_a1111_infotext_parses_back_to_its_settings(tmp_path):
         "prompt": fields["Prompt"], "negative_prompt": "blurry,\nlowres", "seed": 1234567890,
         "steps": 30, "guidance": 7.0, "clip_skip": 2, "width": 512, "height": 768,
         "scheduler": "dpm++2m-karras", "emphasis": "no-norm", "rng": "nv",
+        "variation_strength": 0.0, "ensd": 0,
     }  # fmt: skip
     assert settings.model == {"name": "v1-5-pruned-emaonly", "hash": "6ce0161689"}
     assert settings.addons == [

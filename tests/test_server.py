@@ -887,3 +887,34 @@ def test_a_port_in_use_is_said_before_the_model_loads(server):
     done = txt2img("serve", "-m", "no-such/model", "--port", server.port, HF_HUB_OFFLINE="1")
     assert done.returncode == ExitCode.USAGE, done.stderr
     assert f"cannot listen on 127.0.0.1:{server.port}" in done.stderr
+
+
+def test_a_request_being_parsed_never_stalls_the_others():
+    """The png-info body is read in a worker thread: while it is held there (the pause
+    point), the event loop still answers, so a hostile PNG or body stalls no one."""
+    served = ServerProcess("-m", "demo", pause="parse:/sdapi/v1/png-info")
+    try:
+        request, answer = in_thread(post, served, "png-info", {"image": "bm90IGEgcG5n"})
+        served.wait_for_pause()
+        assert requests.get(f"{served.url}/sdapi/v1/progress", timeout=60).status_code == 200
+        served.go_on()
+        request.join(timeout=120)
+        assert answer[0].status_code == 400
+    finally:
+        served.stop()
+
+
+def test_a_draw_request_whose_client_goes_is_not_checked_further():
+    served = ServerProcess("-m", "demo", pause="parse:/txt2img/v1/draw")
+    try:
+        body = json.dumps(draw_body()).encode()
+        connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=60)
+        connection.request("POST", "/txt2img/v1/draw", body,
+                           {"Content-Type": "application/json"})  # fmt: skip
+        served.wait_for_pause()
+        connection.close()  # the client goes while its request is checked
+        served.wait_for("client went away while it was checked")
+        served.go_on()
+        served.wait_for("the draw request of a client that went away: dropped")
+    finally:
+        served.stop()

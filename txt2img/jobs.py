@@ -13,7 +13,7 @@ from .errors import Txt2ImgError, UsageError
 from .options import IMAGE_OPTIONS, RECORDED_OPTIONS
 from .outputs.files import image_file_name
 from .prompt.syntax import LoraTag, check_prompts, take_lora_tags
-from .settings import Settings, check_image_count, check_seed_range
+from .settings import Settings, check_image_count, check_seed_range, random_seed
 
 # Per-image values that decide which jobs may share one pipeline call.
 _BATCH_KEYS = tuple(option for option in RECORDED_OPTIONS if option.batch != "free")
@@ -70,12 +70,14 @@ def plan_jobs(settings: Settings) -> list[ImageJob]:
         options = {option.key: line.overrides.get(option.key, settings.image[option.key])
                    for option in IMAGE_OPTIONS}  # fmt: skip
         count = options["num_images"]
-        for key in ("seed", "variation_seed"):
-            options[key] = line.overrides.get(key, settings.image[key] + len(jobs))
+        options["seed"] = line.overrides.get("seed", settings.image["seed"] + len(jobs))
+        options["variation_seed"] = _first_variation_seed(settings, line.overrides, len(jobs))
+        if options["variation_strength"] and options["variation_seed"] is None:
+            options["variation_seed"] = random_seed()
         try:
             check_image_count(len(jobs) + count)
             check_seed_range(options["seed"], count)
-            check_seed_range(options["variation_seed"], count)
+            check_seed_range(options["variation_seed"], count, "--variation-seed")
             check_prompts(line.prompt, options["negative_prompt"], options["emphasis"])
         except UsageError as exc:
             raise at_line(line.line, exc) from exc
@@ -85,13 +87,22 @@ def plan_jobs(settings: Settings) -> list[ImageJob]:
     return jobs
 
 
+def _first_variation_seed(settings: Settings, overrides: dict, before: int) -> int | None:
+    """A prompt line's variation seed, continuing the command line's as seeds do; None
+    (no variation) unless one is given or a variation strength asks for a random one."""
+    if "variation_seed" in overrides:
+        return overrides["variation_seed"]
+    given = settings.image["variation_seed"]
+    return None if given is None else given + before
+
+
 def seeds_of(values: dict[str, Any], k: int) -> dict[str, Any]:
     """`values` of the k-th image of a prompt (its `seed` and `variation_seed` the
     first's): A1111's rule. Image k gets seed + k; with a variation strength above 0
     every image keeps the seed and gets variation seed + k instead."""
-    if values["variation_strength"]:
-        return {**values, "variation_seed": values["variation_seed"] + k}
-    return {**values, "seed": values["seed"] + k, "variation_seed": values["variation_seed"] + k}
+    variation = values["variation_seed"]
+    varied = {**values, "variation_seed": None if variation is None else variation + k}
+    return varied if values["variation_strength"] else {**varied, "seed": values["seed"] + k}
 
 
 def at_line(line: int, exc: Txt2ImgError) -> Txt2ImgError:

@@ -135,8 +135,6 @@ def build_settings(
     if seed_is_random:
         image["seed"] = random_seed()
     check_seed_range(image["seed"], image["num_images"])
-    if image["variation_seed"] is None:  # drawn even when unused, as A1111 draws it
-        image["variation_seed"] = random_seed()
     if values["model"] is not None and not values["model"].strip():
         raise UsageError("--model is empty", "give a Hub id or a local model folder")
     existing = existing_policy(values["resume"], values["overwrite"])
@@ -204,12 +202,12 @@ def folders(values: dict[str, Any], key: str) -> tuple[Path, ...]:
     return tuple(Path(folder).expanduser() for folder in given or ())
 
 
-def check_seed_range(seed: int, num_images: int) -> None:
+def check_seed_range(seed: int | None, num_images: int, flag: str = "--seed") -> None:
     """Every image's seed (seed + i) must fit the generator."""
-    if seed > MAX_SEED - (num_images - 1):
+    if seed is not None and seed > MAX_SEED - (num_images - 1):
         raise UsageError(
-            f"--seed {seed} + {num_images - 1} images is past the largest seed, {MAX_SEED}",
-            "choose a smaller --seed",
+            f"{flag} {seed} + {num_images - 1} images is past the largest seed, {MAX_SEED}",
+            f"choose a smaller {flag}",
         )
 
 

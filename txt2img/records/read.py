@@ -333,7 +333,14 @@ def _typed(record: dict[str, Any], key: str, kind: type, path: Path) -> Any:
     """A record's value of the option's type (None where the option takes the model's
     default); anything else is a problem of the image."""
     value = record[key]
-    if value is None and key in ("scheduler", "steps", "guidance", "width", "height"):
+    if value is None and key in (
+        "scheduler",
+        "steps",
+        "guidance",
+        "width",
+        "height",
+        "variation_seed",
+    ):
         return value
     try:
         return from_json(value, kind)

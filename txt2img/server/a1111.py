@@ -164,6 +164,8 @@ def plan_request(request: Txt2ImgRequest, defaults: dict[str, Any], max_pixels: 
         values[key] = request.value(field) if request.value(field) >= 0 else random_seed()
         if values[key] > MAX_SEED - (count - 1):
             raise Refusal(400, f"{field} must be at most {MAX_SEED - (count - 1)}")
+    if not values["variation_strength"]:
+        values["variation_seed"] = None  # unused: not recorded
     jobs = [ImageJob(k, 0, prompt, seeds_of(values, k)) for k in range(count)]
     checked(lambda flag: check_pixels(jobs[:batch_size], max_pixels), "width")
     return Plan(jobs, batch_size, overrides["model"], ignored, time.strftime("%Y%m%d%H%M%S"))
@@ -266,7 +268,7 @@ def info(plan: Plan, records: list[dict[str, Any]]) -> str:
     jobs = plan.jobs
     first = records[0] if records else {"model_name": None, "model_hash": None}
     seeds = [job["seed"] for job in jobs]
-    subseeds = [job["variation_seed"] for job in jobs]
+    subseeds = [-1 if job["variation_seed"] is None else job["variation_seed"] for job in jobs]
     spec = SCHEDULERS[jobs[0]["scheduler"]]  # as the images' records say, where there are any
     sampler, schedule = (first["sampler"], first["schedule_type"]) if records else (
         spec.sampler, spec.schedule

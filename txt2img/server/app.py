@@ -36,6 +36,7 @@ from ..errors import (
 )
 from ..options import EMPHASIS, RNG
 from ..outputs.progress import Reporter
+from ..pause import pause_at
 from ..records.read import MAX_INFOTEXT_CHARS, _user_comment, header_text, parse_infotext
 from ..records.write import text_chunks
 from ..settings import DrawOptions
@@ -238,6 +239,7 @@ async def parsed(request: Request, model: type[BaseModel]) -> Any:
     raw = await request.body()
 
     def read() -> Any:
+        pause_at(f"parse:{request.url.path}")
         try:
             return model.model_validate_json(raw or b"{}")
         except ValidationError as exc:
@@ -462,16 +464,24 @@ def _own_routes(app: FastAPI, service: Service) -> None:
         started = time.perf_counter()
         raw = await request.body()
         gone = threading.Event()
+
+        def client_gone(watch: asyncio.Task) -> None:
+            if not watch.cancelled():
+                service.log("a draw request's client went away while it was checked")
+                gone.set()
+
+        def read() -> dict[str, Any]:  # off the event loop, and no longer once the client goes
+            pause_at(f"parse:{DRAW_ROUTE}")
+            return read_draw_request(raw, service.config.max_pixels, gone.is_set)
+
         watch = asyncio.create_task(disconnected(request))
-        watch.add_done_callback(lambda _: gone.set())
-        try:  # parsed and checked off the event loop, and no longer once the client goes
-            spec = await asyncio.to_thread(
-                read_draw_request, raw, service.config.max_pixels, gone.is_set
-            )
+        watch.add_done_callback(client_gone)
+        try:
+            spec = await asyncio.to_thread(read)
         except UsageError as exc:
             return JSONResponse({**error_fields(exc), "detail": exc.message}, status_code=400)
         except ClientGone:
-            service.log("a draw request's client went away while it was checked; dropped")
+            service.log("the draw request of a client that went away: dropped")
             return Response(status_code=400)
         finally:
             watch.cancel()
