@@ -575,3 +575,26 @@ def test_a_hub_id_an_image_names_is_used_from_the_cache_and_the_run_is_offline(
     _, drawn_with, _ = values_from_image(image, None, values, given=set())
     assert drawn_with["model"] == "someone/cached" and drawn_with["offline"] is True
     assert "a Hub id already in the Hugging Face cache" in capsys.readouterr().err
+
+
+def test_an_image_with_what_txt2img_does_not_draw_is_refused_unless_told(
+    cli, tmp_path, models, checkpoint
+):
+    image = a1111_png(tmp_path / "hires.png", (
+        "a red fox\nSteps: 2, Sampler: Euler, CFG scale: 6, Seed: 5, Size: 64x64, "
+        "Model: tiny-sd1, Denoising strength: 0.5, Hires upscale: 2, Hires upscaler: Latent, "
+        "Tiling: False, Seed resize from: -1x-1, ControlNet 0: \"Module: canny\""
+    ))  # fmt: skip
+    common = ("--from", image, "--models-dir", checkpoint.parent, "--config", models["sd1"])
+    refused = cli(*common, "-o", tmp_path / "a")
+    assert refused.exit_code == ExitCode.USAGE and not (tmp_path / "a").exists()
+    assert ("drawn with Denoising strength, Hires upscale, Hires upscaler, ControlNet 0, "
+            "which txt2img does not draw") in refused.stderr  # fmt: skip
+    assert "--ignore-unsupported" in refused.stderr
+    anyway = cli(*common, "--ignore-unsupported", "-q", "-o", tmp_path / "b")
+    assert anyway.exit_code == 0, anyway.stderr
+    assert "warning: " in anyway.stderr and "drawn without its Denoising strength" in (
+        anyway.stderr
+    )
+    [line] = run_ok(cli, "info", "--json", image)
+    assert json.loads(line)["fields"]["Hires upscale"] == "2"  # info shows every key

@@ -246,6 +246,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("from_image", ("--from",), "Draw again with the settings an image records "
            "(txt2img's or A1111's metadata): prompt, seed, sampler, model, add-ons...; the "
            "options given here override them.", Path),
+    Option("ignore_unsupported", ("--ignore-unsupported",), "With --from: draw an image "
+           "whose metadata records what txt2img does not draw (hires fix, a refiner, "
+           "ControlNet...) without it, instead of refusing it.", bool, default=False),
     Option("models_dir", ("--models-dir",), "Folder of checkpoints where --from finds the "
            "model an image names, by its A1111 Model hash, then by name. Repeatable. "
            "Default: $TXT2IMG_MODELS_DIR, folders separated by ':'.", Path, repeat=True,

@@ -43,6 +43,9 @@ class ImageSettings:
     problems: dict[str, UsageError] = field(default_factory=dict)
     # What --from cannot follow and draws anyway, said on stderr.
     notes: list[str] = field(default_factory=list)
+    # Infotext keys of what txt2img does not draw: --from refuses the image (see
+    # `unsupported_keys`).
+    unsupported: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -232,7 +235,27 @@ def _from_infotext(path: Path, parameters: str) -> ImageSettings:
     if fields.get("VAE"):
         addons.insert(0, {"kind": "vae", "name": fields["VAE"], "hash": fields.get("VAE hash")})
     return ImageSettings(path, "a1111", parameters, fields, values, model, addons,
-                         problems=problems, notes=notes)  # fmt: skip
+                         problems=problems, notes=notes,
+                         unsupported=unsupported_keys(fields))  # fmt: skip
+
+
+# Infotext keys of what changes an A1111 picture and txt2img does not draw (yet): --from
+# refuses an image that has one, unless --ignore-unsupported. Keys are matched whole, or
+# by the prefixes of extensions' keys; some only with values other than A1111's default.
+_UNSUPPORTED = ("Denoising strength", "First pass size", "Refiner", "Refiner switch at",
+                "Noise multiplier", "Face restoration", "Hypernet", "Token merging ratio",
+                "Mask blur", "Inpaint area")  # fmt: skip
+_UNSUPPORTED_PREFIXES = ("Hires ", "ControlNet", "ADetailer", "Hypernet ")
+_UNLESS = {"Tiling": ("False",), "Seed resize from": ("-1x-1",)}
+
+
+def unsupported_keys(fields: dict[str, str]) -> list[str]:
+    """The keys of `fields` that change the picture in ways txt2img does not draw."""
+    return [
+        key for key, value in fields.items()
+        if key in _UNSUPPORTED or key.startswith(_UNSUPPORTED_PREFIXES)
+        or (key in _UNLESS and value.strip() not in _UNLESS[key])
+    ]  # fmt: skip
 
 
 def _rng(name: str, path: Path) -> str:

@@ -34,6 +34,15 @@ def values_from_image(
     image = read_image_settings(path)
     for note in image.notes:
         say(f"txt2img: {note}")
+    if image.unsupported:
+        keys = ", ".join(image.unsupported)
+        if not values["ignore_unsupported"]:
+            raise UsageError(
+                f"{path} was drawn with {keys}, which txt2img does not draw: it would be "
+                "another picture",
+                "pass --ignore-unsupported to draw it without them",
+            )
+        say(f"txt2img: warning: {path} is drawn without its {keys}")
     values = dict(values)
     for key, problem in image.problems.items():
         if key not in given and not (key == "prompt" and prompt is not None):
