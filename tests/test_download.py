@@ -130,3 +130,17 @@ def test_a_disk_that_fills_up_during_the_download_is_exit_7(tmp_path, models):
     assert line.startswith(f"{REPO} {int(ExitCode.OUTPUT)} cannot write {REPO} into the Hugging")
     assert "what was downloaded is kept" in line
     assert os.path.getsize(next(p for p in blobs(tmp_path / "hf") if p.suffix == ".incomplete"))
+
+
+def test_a_partial_file_longer_than_its_file_is_fetched_again(tmp_path, models):
+    import hashlib
+
+    weights = models["sd1"] / "unet" / "diffusion_pytorch_model.safetensors"
+    blob = hashlib.sha256(weights.read_bytes()).hexdigest()  # an LFS file's ETag
+    folder = tmp_path / "hf" / "hub" / f"models--{REPO.replace('/', '--')}" / "blobs"
+    folder.mkdir(parents=True)
+    (folder / f"{blob}.incomplete").write_bytes(os.urandom(weights.stat().st_size + 10))
+    with FakeHub() as hub:
+        hub.add_repo(REPO, models["sd1"])
+        assert fetch(hub, tmp_path / "hf", [REPO]) == [f"{REPO} ok"]
+    assert (folder / blob).read_bytes() == weights.read_bytes()

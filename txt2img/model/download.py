@@ -177,7 +177,8 @@ def _fetch_file(
             fcntl.flock(handle, fcntl.LOCK_EX)  # another run fetching the same file
             if not blob.exists():
                 if handle.tell() > meta.size:  # not a part of this file: start over
-                    handle.truncate(0)
+                    handle.seek(0)
+                    handle.truncate()
                 progress.resumed(handle.tell())
                 # The Hub's own address: a redirect to its storage carries no token.
                 _receive(url, handle, meta.size, file.path, progress)
