@@ -36,7 +36,7 @@ def values_from_image(
         say(f"txt2img: {note}")
     if image.unsupported:
         keys = ", ".join(image.unsupported)
-        if not values["ignore_unsupported"]:
+        if not values.get("ignore_unsupported"):
             raise UsageError(
                 f"{path} was drawn with {keys}, which txt2img does not draw: it would be "
                 "another picture",
@@ -62,7 +62,7 @@ def values_from_image(
     if "model" not in given:
         values["model"] = find_model(image, folders(values, "models_dir"))
     tag_files = _addons_from_image(image, values, given)
-    named = [values["model"], values.get("vae")] if "model" not in given else [values.get("vae")]
+    named = [values[key] for key in ("model", "vae") if key not in given and key in values]
     if any(isinstance(v, str) and HUB_ID.fullmatch(v) and not Path(v).exists() for v in named):
         values["offline"] = True  # a Hub id only the image names: read from the cache only
     return prompt, values, FromImage(hashes, lora_files=tag_files)
