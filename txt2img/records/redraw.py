@@ -62,8 +62,11 @@ def values_from_image(
     if "model" not in given:
         values["model"] = find_model(image, folders(values, "models_dir"))
     tag_files = _addons_from_image(image, values, given)
-    named = [values[key] for key in ("model", "vae") if key not in given and key in values]
-    if any(isinstance(v, str) and HUB_ID.fullmatch(v) and not Path(v).exists() for v in named):
+    taken = [values["model"]] if "model" not in given else []
+    taken += [values.get("vae")] if "vae" not in given else []
+    taken += [entry.rpartition(":")[0] for key in ("lora", "embedding") if key not in given
+              for entry in values.get(key) or ()]  # fmt: skip
+    if any(isinstance(v, str) and HUB_ID.fullmatch(v) and not Path(v).exists() for v in taken):
         values["offline"] = True  # a Hub id only the image names: read from the cache only
     return prompt, values, FromImage(hashes, lora_files=tag_files)
 
