@@ -166,6 +166,12 @@ def txt2img_argv(*args: str) -> list[str]:
     return [str(script), *args] if script.exists() else [sys.executable, "-m", "txt2img", *args]
 
 
+def demo_file_argv(prompts_file: Path, out: Path, *extra: str) -> list[str]:
+    """txt2img drawing a prompts file with the demo model, seeds 1, 2, ..., quietly."""
+    return txt2img_argv("-f", str(prompts_file), "-m", "demo", "--seed", "1", "-q", "-o",
+                        str(out), *extra)  # fmt: skip
+
+
 def demo_model() -> str:
     from txt2img.model.source import DEMO_MODEL
 
@@ -288,20 +294,7 @@ def batch_section(args: argparse.Namespace, env: dict[str, str]) -> str:
     contenders = [
         Contender(
             "txt2img -f",
-            lambda out: [
-                txt2img_argv(
-                    "-f",
-                    str(prompts_file),
-                    "-m",
-                    "demo",
-                    "--seed",
-                    "1",
-                    *steps,
-                    "-q",
-                    "-o",
-                    str(out),
-                )
-            ],
+            lambda out: [demo_file_argv(prompts_file, out, *steps)],
             expect_pngs(len(prompts)),
         ),
         Contender(
@@ -364,21 +357,7 @@ def fidelity_section(args: argparse.Namespace, env: dict[str, str]) -> str:
         out = args.work / f"fidelity-{name}"
         shutil.rmtree(out, ignore_errors=True)
         sample = run_timed(
-            [
-                txt2img_argv(
-                    "-f",
-                    str(prompts_file),
-                    "-m",
-                    "demo",
-                    "--seed",
-                    "1",
-                    "-q",
-                    "--json",
-                    "-o",
-                    str(out),
-                    *extra,
-                )
-            ],
+            [demo_file_argv(prompts_file, out, "--json", *extra)],
             env,
         )
         records = [json.loads(line) for line in sample.output.splitlines()]

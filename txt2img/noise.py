@@ -82,6 +82,9 @@ def starting_noise(
     """The batch's starting latents (float32, on the CPU) and the generators its sampler
     draws step noise from. With the CPU source and no variation or ENSD the latents are
     None: the pipeline draws them from the generators itself, exactly as diffusers does."""
+    first = batch[0]
+    if first["rng"] == "cpu" and not first["variation_strength"] and not first["ensd"]:
+        return None, [torch.Generator("cpu").manual_seed(job["seed"]) for job in batch]
     noises, generators = [], []
     for job in batch:
         generator = torch.Generator("cpu").manual_seed(job["seed"])
@@ -94,9 +97,6 @@ def starting_noise(
             generator = torch.Generator("cpu").manual_seed(job["seed"] + job["ensd"])
         noises.append(noise)
         generators.append(generator)
-    first = batch[0]
-    if first["rng"] == "cpu" and not first["variation_strength"] and not first["ensd"]:
-        return None, [torch.Generator("cpu").manual_seed(job["seed"]) for job in batch]
     return torch.stack(noises), generators
 
 

@@ -31,8 +31,10 @@ MAX_LINE_BYTES = 65_536  # one line of a prompts file
 MAX_LINES = 1_000_000  # lines of a prompts file, blank and comment lines included
 MAX_PROMPTS_BYTES = 64 << 20  # a whole prompts file
 MAX_CLIP_SKIP = 12  # A1111's range; a model with fewer text-encoder layers allows fewer
-# Where the starting noise comes from (--rng, see noise.py) and A1111's `RNG` for each.
+# Where the starting noise comes from (--rng, see noise.py) and A1111's `RNG` for each;
+# read back, A1111's default GPU is an NVIDIA GPU's noise, which is what txt2img can give.
 RNG = {"cpu": "CPU", "nv": "NV"}
+RNG_BY_NAME = {"GPU": "nv", **{name: key for key, name in RNG.items()}}
 # A1111's emphasis modes (--emphasis) and the names its infotext gives them.
 EMPHASIS = {"original": "Original", "no-norm": "No norm", "ignore": "Ignore", "none": "None"}
 

@@ -30,12 +30,13 @@ from typing import Any
 
 from ..errors import ModelError, OutputError, Txt2ImgError, first_line, say
 from ..outputs.progress import wants_live_display
-from .source import in_hub_cache
+from .hashes import SHA256_HEX
+from .source import hub_storage, in_hub_cache
 
 CHUNK = 1 << 20
 ATTEMPTS = 3  # per file, while each attempt brings new bytes; then the next run resumes
 _WEIGHTS = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".msgpack", ".h5", ".onnx", ".pb")
-_SHA256 = re.compile(r"[0-9a-f]{64}")  # a large (LFS) file's ETag: its sha256
+_SHA256 = SHA256_HEX  # a large (LFS) file's ETag: its sha256
 _GIT_SHA1 = re.compile(r"[0-9a-f]{40}")  # a small file's ETag: its git blob id
 _COMMIT = _GIT_SHA1
 
@@ -143,7 +144,7 @@ def _cached(repo: str, commit: str, path: str) -> bool:
 
 
 def _download(repo: str, commit: str, files: list[RepoFile], quiet: bool, cache: Path) -> None:
-    storage = cache / f"models--{repo.replace('/', '--')}"
+    storage = hub_storage(repo)
     total = sum(f.size for f in files)
     partial = sum(p.stat().st_size for p in (storage / "blobs").glob("*.incomplete"))
     if not quiet:
@@ -259,9 +260,7 @@ def _check_digest(part: Path, etag: str, size: int, name: str) -> None:
 
 def _write_ref(repo: str, commit: str) -> None:
     """refs/main names the commit, so an offline run finds the snapshot."""
-    from huggingface_hub import constants
-
-    ref = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "refs" / "main"
+    ref = hub_storage(repo) / "refs" / "main"
     if ref.is_file() and ref.read_text().strip() == commit:
         return
     ref.parent.mkdir(parents=True, exist_ok=True)
@@ -270,15 +269,19 @@ def _write_ref(repo: str, commit: str) -> None:
     os.replace(temporary, ref)
 
 
+def _causes(exc: BaseException) -> list[BaseException]:
+    """`exc` and what caused it, in turn (diffusers wraps huggingface_hub's errors)."""
+    chain = [exc]
+    while chain[-1].__cause__ is not None and len(chain) < 8:
+        chain.append(chain[-1].__cause__)
+    return chain
+
+
 def hub_cause(exc: BaseException) -> bool:
-    """Whether huggingface_hub's own error is among `exc`'s causes (diffusers wraps it)."""
+    """Whether huggingface_hub's own error is among `exc`'s causes."""
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    while exc is not None:
-        if isinstance(exc, (HfHubHTTPError, LocalEntryNotFoundError)):
-            return True
-        exc = exc.__cause__  # type: ignore[assignment]
-    return False
+    return any(isinstance(e, (HfHubHTTPError, LocalEntryNotFoundError)) for e in _causes(exc))
 
 
 def hub_error(repo: str, exc: BaseException) -> ModelError:
@@ -292,9 +295,7 @@ def hub_error(repo: str, exc: BaseException) -> ModelError:
         RepositoryNotFoundError,
     )
 
-    chain = [exc]
-    while chain[-1].__cause__ is not None and len(chain) < 8:
-        chain.append(chain[-1].__cause__)
+    chain = _causes(exc)
 
     def found(kind: type) -> BaseException | None:
         return next((e for e in chain if isinstance(e, kind)), None)

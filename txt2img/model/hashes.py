@@ -33,7 +33,7 @@ from .weights import WeightsFormat, open_regular, sniff
 BLOCK = 1 << 20
 MAX_CACHE_BYTES = 16 << 20  # a larger cache is not read (and is rewritten, pruned)
 MAX_ENTRIES = 50_000  # beyond this, the oldest entries are dropped when it is written
-_SHA256 = re.compile(r"[0-9a-f]{64}")
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 def cache_file() -> Path:
@@ -70,7 +70,7 @@ def cached_sha256(path: Path, after_header: bool = False) -> str | None:
 def _valid(entry: object, stamp: list[int]) -> str | None:
     if isinstance(entry, dict) and entry.get("stamp") == stamp:
         digest = entry.get("sha256")
-        if isinstance(digest, str) and _SHA256.fullmatch(digest):
+        if isinstance(digest, str) and SHA256_HEX.fullmatch(digest):
             return digest
     return None
 

@@ -88,11 +88,17 @@ def locate(model: str, allow_pickle: bool = False) -> ModelSource:
     return ModelSource(model, SourceKind.hub)
 
 
+def hub_storage(repo: str) -> Path:
+    """Hub id `repo`'s folder in the Hugging Face cache (blobs, snapshots, refs)."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    return Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo, repo_type="model")
+
+
 def in_hub_cache(repo: str) -> bool:
     """Whether the Hugging Face cache holds a snapshot of Hub id `repo`."""
-    from huggingface_hub import constants
-
-    snapshots = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "snapshots"
+    snapshots = hub_storage(repo) / "snapshots"
     return snapshots.is_dir() and any(snapshots.iterdir())
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..model.schedulers import STEP_NOISE, scheduler_for
-from ..options import EMPHASIS, RECORDED_OPTIONS, RNG, from_json
+from ..options import EMPHASIS, RECORDED_OPTIONS, RNG_BY_NAME, from_json
 
 USER_COMMENT = 0x9286  # EXIF UserComment, in the Exif IFD
 EXIF_IFD = 0x8769
@@ -261,10 +261,9 @@ def unsupported_keys(fields: dict[str, str]) -> list[str]:
 def _rng(name: str, path: Path) -> str:
     """A1111's `RNG`: GPU (its default; an NVIDIA GPU's noise is what txt2img can give)
     and NV are `nv`, CPU is `cpu`."""
-    sources = {"GPU": "nv", **{name: key for key, name in RNG.items()}}
-    if name not in sources:
-        raise UsageError(f"{path}: its RNG {name!r} is not one of {', '.join(sources)}")
-    return sources[name]
+    if name not in RNG_BY_NAME:
+        raise UsageError(f"{path}: its RNG {name!r} is not one of {', '.join(RNG_BY_NAME)}")
+    return RNG_BY_NAME[name]
 
 
 def _emphasis(name: str, path: Path) -> str:

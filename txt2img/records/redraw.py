@@ -112,6 +112,8 @@ def _addons_from_image(
     tagged = {tag.name for tag in take_lora_tags(str(image.values.get("prompt", "")))[1]}
     lora_dirs, embedding_dirs = folders(values, "lora_dir"), folders(values, "embeddings_dir")
     loras, embeddings, tag_files = [], [], {}
+    untagged = any(a["kind"] == "lora" and a.get("name") not in tagged for a in image.addons)
+    lora_index = folder_index(lora_dirs, "--lora-dir") if untagged and "lora" not in given else {}
     for addon in image.addons:
         kind, name, digest = addon["kind"], addon.get("name"), addon.get("hash")
         if kind == "vae" and "vae" not in given:
@@ -122,8 +124,7 @@ def _addons_from_image(
                 say(f"txt2img: --from: the LoRA of <lora:{name}>: {use[0]} ({use[1]})")
                 tag_files[str(name)] = Path(use[0])
         elif kind == "lora" and "lora" not in given:
-            index = folder_index(lora_dirs, "--lora-dir")
-            loras.append(f"{_addon(image, addon, lora_dirs, '--lora', index)}:"
+            loras.append(f"{_addon(image, addon, lora_dirs, '--lora', lora_index)}:"
                          f"{addon.get('scale', 1.0)}")  # fmt: skip
         elif (
             kind == "embedding"

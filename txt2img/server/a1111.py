@@ -25,7 +25,7 @@ from ..model.schedulers import (
     scheduler_for,
     split_sampler,
 )
-from ..options import BY_KEY, EMPHASIS, MAX_CLIP_SKIP, MAX_SEED, RNG, check_text
+from ..options import BY_KEY, EMPHASIS, MAX_CLIP_SKIP, MAX_SEED, RNG_BY_NAME, check_text
 from ..prompt.syntax import check_prompts
 from ..records.write import infotext
 from ..settings import random_seed
@@ -230,10 +230,9 @@ def settings_overrides(
 def rng_option(value: Any) -> str:
     """A1111's randn_source: GPU (an NVIDIA GPU's noise, as txt2img computes it) and NV
     are `nv`, CPU is `cpu`."""
-    sources = {"GPU": "nv", **{name: key for key, name in RNG.items()}}
-    if not isinstance(value, str) or value not in sources:
-        raise Refusal(400, f"randn_source must be one of {', '.join(sources)}")
-    return sources[value]
+    if not isinstance(value, str) or value not in RNG_BY_NAME:
+        raise Refusal(400, f"randn_source must be one of {', '.join(RNG_BY_NAME)}")
+    return RNG_BY_NAME[value]
 
 
 def clip_skip_option(value: Any) -> int:
